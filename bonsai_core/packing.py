@@ -1,0 +1,196 @@
+"""The canonical packed representation and the one dequantization formula.
+
+Canonical codes (see docs/FORMAT.md):
+
+* ``codes``: uint8 ``[N, K * bits / 8]``, row-major per output feature, LSB-first along K:
+  code of element ``k`` sits in byte ``k // e`` at bit ``(k % e) * bits`` with ``e = 8 // bits``.
+* ``scales``: ``[N, K / 128]``, one magnitude ``s`` per 128-group along K (fp16 when that is
+  exact, else the source dtype).
+* binary (bits=1): code 0 -> -s, 1 -> +s.  ternary (bits=2): code 0 -> -s, 1 -> 0, 2 -> +s.
+
+So ``W[n, k] = (q * STEP[bits] - 1) * s[n, k // 128]`` with ``STEP = {1: 2, 2: 1}``. This module
+is the only place that formula exists; every reader converts its layout *to codes* and every
+backend either calls :func:`dequantize` or is tested bit-exact against it.
+
+The layout was chosen so the other released layouts are views, not repacks: gemlite's
+``W_q [K*bits/8, N]`` is ``codes.T`` and MLX's ``uint32 [N, K*bits/32]`` is ``codes`` viewed as
+little-endian uint32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import BonsaiFormatError
+from .klein import GROUP_SIZE
+
+VARIANT_BITS = {"binary": 1, "ternary": 2}
+BITS_VARIANT = {v: k for k, v in VARIANT_BITS.items()}
+# value = q * STEP - 1  maps codes onto {-1, +1} (binary) or {-1, 0, +1} (ternary)
+STEP = {1: 2, 2: 1}
+MAX_CODE = {1: 1, 2: 2}
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in STEP:
+        raise ValueError(f"bits must be 1 (binary) or 2 (ternary), got {bits}")
+
+
+def _shifts(bits: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes ``[N, K]`` -> packed uint8 ``[N, K * bits / 8]`` (LSB-first along K)."""
+    _check_bits(bits)
+    n, k = codes.shape
+    e = 8 // bits
+    if k % e:
+        raise ValueError(f"K={k} is not a multiple of {e}")
+    c = codes.to(torch.uint8).reshape(n, k // e, e)
+    shifted = c << _shifts(bits, codes.device)
+    out = shifted[..., 0].clone()
+    for i in range(1, e):
+        out |= shifted[..., i]
+    return out
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """packed uint8 ``[N, K * bits / 8]`` -> uint8 codes ``[N, K]``."""
+    _check_bits(bits)
+    n, kb = packed.shape
+    mask = (1 << bits) - 1
+    q = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & mask
+    return q.reshape(n, kb * (8 // bits))
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The dequantization formula: packed codes + per-group scales -> dense ``[N, K]`` in ``dtype``.
+
+    Values are exactly ``{-1, 0, +1} * s``; the product is exact whenever ``s`` is
+    representable in ``dtype`` (always for float32).
+    """
+    values = unpack_codes(codes, bits).to(dtype) * STEP[bits] - 1
+    n, k = values.shape
+    g = scales.shape[1]
+    if k != g * GROUP_SIZE or scales.shape[0] != n:
+        raise ValueError(f"codes imply [{n}, {k}] but scales are {list(scales.shape)} (group size {GROUP_SIZE})")
+    return (values.view(n, g, GROUP_SIZE) * scales.to(dtype).unsqueeze(-1)).view(n, k)
+
+
+def compact_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Scales in the smallest dtype that holds them exactly: fp16 (the released model-level
+    format), else bf16, else float32. Exactness beats size: a rounded scale changes the model."""
+    for dtype in (torch.float16, torch.bfloat16):
+        if scales.dtype == dtype:
+            return scales
+        cast = scales.to(dtype)
+        if bool(torch.isfinite(cast).all()) and torch.equal(cast.to(scales.dtype), scales):
+            return cast
+    return scales.float()
+
+
+def quantize_exact(weight: torch.Tensor, bits: int | None = None, *, path: str = "?", tensor: str = "?") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pack a dense weight whose every 128-group along K holds only ``{-s, +s}`` or ``{-s, 0, +s}``.
+
+    This is a lossless re-encoding, not quantization: anything else is refused naming the
+    first bad group. ``bits=None`` picks binary unless some group holds a zero.
+    Returns ``(codes, scales, bits)``.
+    """
+    if weight.ndim != 2:
+        raise BonsaiFormatError(path, tensor, f"expected a 2-D linear weight, got shape {list(weight.shape)}")
+    n, k = weight.shape
+    if k % GROUP_SIZE:
+        raise BonsaiFormatError(path, tensor, f"in_features {k} is not a multiple of the group size {GROUP_SIZE}")
+    w = weight.float().view(n, k // GROUP_SIZE, GROUP_SIZE)
+    s = w.abs().amax(dim=-1)
+    pos = w == s.unsqueeze(-1)
+    neg = w == -s.unsqueeze(-1)
+    zero = w == 0
+    ok = pos | neg | zero
+    if not bool(ok.all()):
+        _raise_first_bad(~ok.all(dim=-1), path, tensor, "holds values other than {-s, 0, +s}")
+    has_zero = (zero & (s.unsqueeze(-1) > 0)).any()
+    if bits is None:
+        bits = 2 if bool(has_zero) else 1
+    _check_bits(bits)
+    if bits == 1:
+        bad = (zero & (s.unsqueeze(-1) > 0)).any(dim=-1)
+        if bool(bad.any()):
+            _raise_first_bad(bad, path, tensor, "holds a zero, which a binary weight cannot represent (is this a ternary checkpoint?)")
+        q = pos.to(torch.uint8)  # -s -> 0, +s -> 1 (all-zero groups: s = 0, any code)
+    else:
+        q = (pos.to(torch.uint8) * 2) + zero.to(torch.uint8)  # -s -> 0, 0 -> 1, +s -> 2
+        q = torch.where(s.unsqueeze(-1) > 0, q, torch.ones_like(q))
+    return pack_codes(q.view(n, k), bits), compact_scales(s), bits
+
+
+def _raise_first_bad(bad: torch.Tensor, path: str, tensor: str, what: str) -> None:
+    idx = bad.nonzero()[0].tolist()
+    row, group = idx[0], idx[1]
+    raise BonsaiFormatError(path, tensor, f"row {row}, group {group} (inputs {group * GROUP_SIZE}..{group * GROUP_SIZE + GROUP_SIZE - 1}) {what}")
+
+
+@dataclass
+class PackedWeight:
+    """One quantized linear in canonical form (never a dense copy)."""
+
+    codes: torch.Tensor  # uint8 [N, K*bits/8]
+    scales: torch.Tensor  # [N, K/128]
+    bits: int
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        if self.codes.dtype != torch.uint8 or self.codes.ndim != 2:
+            raise ValueError(f"codes must be 2-D uint8, got {self.codes.dtype} {list(self.codes.shape)}")
+        if self.scales.ndim != 2 or self.scales.shape[0] != self.codes.shape[0]:
+            raise ValueError(f"scales {list(self.scales.shape)} do not match codes {list(self.codes.shape)}")
+        if self.codes.shape[1] * (8 // self.bits) != self.scales.shape[1] * GROUP_SIZE:
+            raise ValueError(
+                f"codes {list(self.codes.shape)} at {self.bits} bit imply K={self.codes.shape[1] * 8 // self.bits}, "
+                f"scales {list(self.scales.shape)} imply K={self.scales.shape[1] * GROUP_SIZE}"
+            )
+
+    @property
+    def out_features(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.scales.shape[1] * GROUP_SIZE
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.codes, self.scales, self.bits, dtype)
+
+    def to(self, device: torch.device | str) -> PackedWeight:
+        return PackedWeight(self.codes.to(device), self.scales.to(device), self.bits)
+
+    @staticmethod
+    def cat(parts: list[PackedWeight]) -> PackedWeight:
+        """Fuse along N (q|k|v -> qkv). 128-groups lie along K, so this is exact."""
+        bits = {p.bits for p in parts}
+        if len(bits) != 1:
+            raise ValueError(f"cannot fuse layers of different bit widths {sorted(bits)}")
+        scale_dtype = torch.promote_types(parts[0].scales.dtype, parts[-1].scales.dtype)
+        for p in parts:
+            scale_dtype = torch.promote_types(scale_dtype, p.scales.dtype)
+        return PackedWeight(
+            torch.cat([p.codes for p in parts], 0),
+            torch.cat([p.scales.to(scale_dtype) for p in parts], 0),
+            bits.pop(),
+        )
+
+    def split(self, sizes: list[int]) -> list[PackedWeight]:
+        codes = self.codes.split(sizes, 0)
+        scales = self.scales.split(sizes, 0)
+        return [PackedWeight(c.contiguous(), s.contiguous(), self.bits) for c, s in zip(codes, scales)]
