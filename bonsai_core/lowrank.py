@@ -1,0 +1,38 @@
+"""Unmerged low-rank (LoRA) branches on top of a packed linear.
+
+Merging a LoRA into binary/ternary weights would destroy it, so it stays a side branch:
+``y[..., off:off+n] += scale * (x @ down.T) @ up.T`` with ``scale = strength * alpha / rank``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LowRankBranch:
+    down: torch.Tensor  # [rank, in_features]
+    up: torch.Tensor  # [n, rank]; n = out_features, or the width of the slice at ``offset``
+    scale: float
+    offset: int = 0  # first output feature the branch adds to (fused qkv / linear1 slices)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> LowRankBranch:
+        if self.down.device == device and self.down.dtype == dtype:
+            return self
+        return LowRankBranch(self.down.to(device, dtype), self.up.to(device, dtype), self.scale, self.offset)
+
+
+def apply_low_rank(x: torch.Tensor, y: torch.Tensor, branches: list[LowRankBranch]) -> torch.Tensor:
+    """Add every branch to ``y`` (output of the base layer for input ``x``) and return it."""
+    for b in branches:
+        b = b.to(x.device, x.dtype)
+        delta = torch.nn.functional.linear(torch.nn.functional.linear(x, b.down), b.up) * b.scale
+        n = b.up.shape[0]
+        if b.offset == 0 and n == y.shape[-1]:
+            y = y + delta.to(y.dtype)
+        else:
+            y = y.clone() if y.requires_grad else y
+            y[..., b.offset : b.offset + n] += delta.to(y.dtype)
+    return y
