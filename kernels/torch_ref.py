@@ -1,6 +1,8 @@
 """Reference backend: unpack + scale with the one dequantization formula, then ``F.linear``.
 
-Runs wherever torch runs (CPU, CUDA, ROCm, XPU, MPS). Only one layer is dense at a time.
+Runs wherever torch runs (CPU, CUDA, ROCm, XPU, MPS). The dense weight exists only for the
+duration of one call (one layer at a time) and is never cached: holding it would defeat the
+point of packed weights. Every other backend is tested against this one.
 """
 
 from __future__ import annotations
@@ -10,15 +12,23 @@ from typing import Any
 import torch
 
 from ..packing import dequantize
-from .base import LowBitBackend
+from .base import BackendUnavailable, LowBitBackend
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class TorchReferenceBackend(LowBitBackend):
     name = "torch"
 
     def check(self, device: torch.device, dtype: torch.dtype, bits: int) -> None:
-        return None
+        if bits not in (1, 2):
+            raise BackendUnavailable(f"bits={bits} is not binary (1) or ternary (2)")
+        if dtype not in _FLOATS:
+            raise BackendUnavailable(f"activation dtype {dtype} is not float16/bfloat16/float32")
 
     def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
+        # The weight is built in the activation dtype: values are {-1, 0, +1} * s, so the only
+        # rounding is s itself (exact for fp16-exact scales in fp16/fp32; bf16 rounds s to 8 bits,
+        # as a dense bf16 checkpoint would).
         w = dequantize(codes, scales, bits, dtype=x2d.dtype)
         return torch.nn.functional.linear(x2d, w)
