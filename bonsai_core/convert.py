@@ -1,0 +1,88 @@
+"""convert (any layout -> canonical or a released layout) and dequantize (-> dense bf16 with
+ComfyUI/BFL key names). Both stream one layer at a time and write atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .canonical import save_canonical
+from .checkpoint import BonsaiCheckpoint
+from .errors import BonsaiFormatError
+from .formats.detect import open_checkpoint
+from .safetensors_io import TensorSpec, write_safetensors
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("canonical", "gemlite", "mlx", "unpacked", "gguf")
+
+
+def _write_canonical(ckpt: BonsaiCheckpoint, out: Path) -> Path:
+    save_canonical(ckpt, out)
+    return out
+
+
+def _writer(fmt: str) -> Callable[[BonsaiCheckpoint, Path], Path]:
+    if fmt == "canonical":
+        return _write_canonical
+    if fmt == "gemlite":
+        from .formats.gemlite import write_gemlite
+
+        return write_gemlite
+    if fmt == "mlx":
+        from .formats.mlx import write_mlx
+
+        return write_mlx
+    if fmt == "unpacked":
+        from .formats.unpacked import write_unpacked
+
+        return write_unpacked
+    if fmt == "gguf":
+        from .formats.gguf import write_gguf
+
+        return write_gguf
+    raise ValueError(f"unknown format {fmt!r}; expected one of {EXPORT_FORMATS}")
+
+
+def write_checkpoint(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], fmt: str = "canonical") -> Path:
+    """Write ``ckpt`` in layout ``fmt``; returns the file or pack folder written."""
+    return _writer(fmt)(ckpt, Path(out))
+
+
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str = "canonical", variant: str | None = None) -> Path:
+    """Read ``src`` in whatever layout it is and write it as ``to`` (lossless)."""
+    ckpt = open_checkpoint(src, variant)
+    log.info("converting %s (%s, %s) -> %s (%s)", src, ckpt.meta.source_format, ckpt.meta.variant, dst, to)
+    return write_checkpoint(ckpt, dst, to)
+
+
+def dense_specs(ckpt: BonsaiCheckpoint, dtype: torch.dtype = torch.bfloat16) -> list[TensorSpec]:
+    """Every tensor dense in ``dtype`` under its BFL key (what stock ComfyUI loads)."""
+    inexact: list[str] = []
+
+    def packed(key: str) -> torch.Tensor:
+        w = ckpt.load_packed(key).dequantize(torch.float32)
+        out = w.to(dtype)
+        if not torch.equal(out.float(), w):
+            inexact.append(key)
+            log.warning("%s: scales are not exact in %s; the dense copy is rounded", key, dtype)
+        return out
+
+    specs = [TensorSpec(k, dtype, tuple(s), lambda k=k: ckpt.load_dense(k).to(dtype)) for k, (_, s) in ckpt.dense_shapes.items()]
+    specs += [TensorSpec(k, dtype, tuple(s), lambda k=k: packed(k)) for k, s in ckpt.packed_shapes.items()]
+    return specs
+
+
+def dequantize_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], variant: str | None = None) -> Path:
+    """Write ``src`` as dense bf16 safetensors with BFL keys, loadable by ComfyUI's UNETLoader."""
+    ckpt = open_checkpoint(src, variant)
+    dst = Path(dst)
+    if dst.suffix != ".safetensors":
+        raise BonsaiFormatError(dst, None, "the dense output must be a .safetensors file")
+    md = {"bonsai_dequantized_from": ckpt.meta.source_format, "variant": ckpt.meta.variant, "source_repo": ckpt.meta.source_repo}
+    write_safetensors(dst, dense_specs(ckpt), md)
+    return dst

@@ -1,0 +1,245 @@
+"""gemlite packs: ``transformer-gemlite-int{1,2}/state_dict.pt`` + ``config.json`` +
+``quantization_config.json`` (gemlite 0.5.1; 0.6.x adds a neutral ``meta_scale`` per layer).
+
+Per quantized diffusers linear ``m``: ``m.W_q`` [K*bits/w, N] (w = packing width, 8 in the
+releases: uint8) LSB-first along K, fp32 ``m.scales``/``m.zeros`` [K/128, N] with
+``W = q * scales + zeros`` (W_group_mode 4), ``m.metadata`` int32[12], ``m.orig_shape`` int32
+[N, K]. Bonsai stores binary as scales = 2s, zeros = -s and ternary as scales = s, zeros = -s,
+so ``W_q.T`` viewed as bytes *is* the canonical code matrix and ``s = -zeros``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
+from ..errors import BonsaiFormatError
+from ..klein import GROUP_SIZE, bfl_quantized_layers
+from ..packing import MAX_CODE, STEP, PackedWeight, compact_scales, unpack_codes
+from .layout import (
+    DiffusersView,
+    LazyScaleDtypes,
+    check_expected_variant,
+    check_quantized_fqns,
+    diffusers_to_bfl,
+    first_mismatch,
+    guess_source_repo,
+    load_transformer_config,
+    quant_json_bits,
+    quantization_config,
+    read_json,
+    variant_for,
+    write_json,
+)
+
+STATE_FILE = "state_dict.pt"
+FOLDER_RE = re.compile(r"^transformer-gemlite-int(\d+)$")
+LEAVES = ("W_q", "scales", "zeros", "metadata", "orig_shape", "meta_scale", "bias")
+REQUIRED = ("W_q", "scales", "zeros", "metadata", "orig_shape")
+# element width of W_q in bits -> its dtype (gemlite set_packing_bitwidth)
+PACK_DTYPES = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}
+W_GROUP_MODE_FMA = 4  # W = q * scale + zero
+# metadata slots (gemlite 0.5.1 GemLiteLinearTriton.pack)
+MD_BITS, MD_GROUP, MD_MASK, MD_EPS, MD_GROUP_MODE = 1, 2, 3, 4, 10
+DTYPE_FP32, DTYPE_FP16 = 0, 1
+
+
+def folder_name(bits: int) -> str:
+    return f"transformer-gemlite-int{bits}"
+
+
+def gemlite_dir(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p.parent if p.is_file() else p
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load`` restricted to tensors (``weights_only``) and memory-mapped, so a 1.5 GB pack
+    costs no RAM until a layer is touched and a pickle that would run code is refused."""
+    if not path.is_file():
+        raise BonsaiFormatError(path, None, "file not found")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise BonsaiFormatError(
+            path, None, f"refusing to unpickle: the file holds more than tensors and could run code (loaded with weights_only=True): {e}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise BonsaiFormatError(path, None, f"cannot read as a torch.save archive (truncated or corrupt?): {e}") from e
+    if not isinstance(sd, dict):
+        raise BonsaiFormatError(path, None, f"expected a state dict, found {type(sd).__name__}")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise BonsaiFormatError(path, str(k), f"expected a tensor, found {type(v).__name__}")
+    return sd
+
+
+def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
+    """Open a gemlite pack folder (or its ``state_dict.pt``) lazily, validating every layer's layout."""
+    d = gemlite_dir(path)
+    check_expected_variant(d, variant)
+    sd_path = d / STATE_FILE
+    q_path = d / "quantization_config.json"
+    qcfg = read_json(q_path)
+    assert qcfg is not None
+    bits = quant_json_bits(q_path, qcfg)
+    m = FOLDER_RE.match(d.name)
+    if m and int(m.group(1)) != bits:
+        raise BonsaiFormatError(q_path, None, f"says bits={bits} but the folder is named {d.name}")
+    try:
+        pbw = int(qcfg.get("packing_bitwidth", 8))  # the reference loader's default
+    except (TypeError, ValueError) as e:
+        raise BonsaiFormatError(q_path, None, f"invalid packing_bitwidth: {e}") from e
+    if pbw not in PACK_DTYPES:
+        raise BonsaiFormatError(q_path, None, f"packing_bitwidth {pbw} is not one of {sorted(PACK_DTYPES)}")
+    found_variant = variant_for(q_path, bits, variant)
+
+    sd = load_state_dict(sd_path)
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    dense: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        prefix, _, leaf = k.rpartition(".")
+        if leaf in LEAVES and prefix:
+            modules.setdefault(prefix, {})[leaf] = v
+        else:
+            dense[k] = v
+    logical: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in dense.items()}
+    for mod, parts in modules.items():
+        for leaf in REQUIRED:
+            if leaf not in parts:
+                raise BonsaiFormatError(sd_path, f"{mod}.{leaf}", "tensor is missing")
+        if "bias" in parts:
+            raise BonsaiFormatError(sd_path, f"{mod}.bias", "Bonsai linears have no bias")
+        shape = parts["orig_shape"]
+        if shape.numel() != 2:
+            raise BonsaiFormatError(sd_path, f"{mod}.orig_shape", f"expected [out, in], found {shape.tolist()}")
+        logical[f"{mod}.weight"] = tuple(int(x) for x in shape.tolist())
+    for k, v in dense.items():
+        if not v.is_floating_point():
+            raise BonsaiFormatError(sd_path, k, f"dense tensor has dtype {v.dtype}")
+    cfg = load_transformer_config(d / "config.json", logical)
+    from .layout import validate_inventory
+
+    validate_inventory(sd_path, cfg, logical, {f"{mod}.weight" for mod in modules})
+    check_quantized_fqns(q_path, qcfg, cfg)
+    for mod, parts in modules.items():
+        _check_layout(sd_path, mod, parts, bits, pbw)
+
+    def s_of(mod: str) -> torch.Tensor:
+        return -modules[mod]["zeros"].float().t()
+
+    def load_module(mod: str) -> PackedWeight:
+        p = modules[mod]
+        s = s_of(mod)  # [N, G]
+        sc = p["scales"].float().t()
+        if not torch.equal(sc, s * STEP[bits]):
+            n, g = first_mismatch(sc, s * STEP[bits])
+            rel = "2 * (-zeros)" if bits == 1 else "-zeros"
+            raise BonsaiFormatError(
+                sd_path,
+                f"{mod}.scales",
+                f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {(s * STEP[bits])[n, g].item()}; not a Bonsai {found_variant} pack",
+            )
+        if "meta_scale" in p:
+            ms = p["meta_scale"]
+            if not ms.is_floating_point() or not bool((ms.float() == 1).all()):
+                raise BonsaiFormatError(
+                    sd_path, f"{mod}.meta_scale", "is not neutral (all 1.0); a scaled gemlite 0.6 layer is not a Bonsai layout"
+                )
+        codes = p["W_q"].t().contiguous().view(torch.uint8)
+        if bits == 2:
+            bad = unpack_codes(codes, 2) > MAX_CODE[2]
+            if bool(bad.any()):
+                n, k = first_mismatch(bad, torch.zeros_like(bad))
+                raise BonsaiFormatError(sd_path, f"{mod}.W_q", f"code 3 at row {n}, input {k}: ternary codes are 0, 1, 2 only")
+        return PackedWeight(codes, compact_scales(s.contiguous()), bits)
+
+    qmap = bfl_quantized_layers(cfg)
+
+    def scale_dtype(bk: str) -> torch.dtype:
+        return compact_scales(torch.cat([s_of(mod) for mod in qmap[bk]], 0)).dtype
+
+    meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="gemlite", source_repo=guess_source_repo(d))
+    return diffusers_to_bfl(
+        sd_path,
+        meta,
+        load_module,
+        dense.__getitem__,
+        {k: v.dtype for k, v in dense.items()},
+        bytes_on_disk=sd_path.stat().st_size,
+        scale_dtypes=LazyScaleDtypes(list(qmap), scale_dtype),
+    )
+
+
+def _check_layout(path: Path, mod: str, p: dict[str, torch.Tensor], bits: int, pbw: int) -> None:
+    """Shapes, dtypes and metadata of one layer (cheap: no weight data is read)."""
+    n, k = (int(x) for x in p["orig_shape"].tolist())
+    g = k // GROUP_SIZE
+    wq = p["W_q"]
+    if wq.dtype != PACK_DTYPES[pbw]:
+        raise BonsaiFormatError(path, f"{mod}.W_q", f"dtype {wq.dtype} does not match packing_bitwidth {pbw} ({PACK_DTYPES[pbw]})")
+    if k % GROUP_SIZE or tuple(wq.shape) != (k * bits // pbw, n):
+        raise BonsaiFormatError(
+            path, f"{mod}.W_q", f"shape {list(wq.shape)} does not match [{k} * {bits} / {pbw}, {n}] (wrong bits or variant?)"
+        )
+    for leaf in ("scales", "zeros"):
+        t = p[leaf]
+        if not t.is_floating_point() or tuple(t.shape) != (g, n):
+            raise BonsaiFormatError(
+                path, f"{mod}.{leaf}", f"{t.dtype} {list(t.shape)}, expected float [{g}, {n}] (one per 128-group: mixed group sizes?)"
+            )
+    md = p["metadata"]
+    if md.dtype not in (torch.int32, torch.int64) or md.ndim != 1 or md.numel() < 11:
+        raise BonsaiFormatError(path, f"{mod}.metadata", f"expected int32[12], found {md.dtype} {list(md.shape)}")
+    mdl = md.tolist()
+    checks = (
+        (MD_BITS, bits, "bits"),
+        (MD_GROUP, GROUP_SIZE, "group size (mixed group sizes?)"),
+        (MD_EPS, pbw // bits, "elements per packed sample"),
+        (MD_GROUP_MODE, W_GROUP_MODE_FMA, "W_group_mode (Bonsai uses 4: W = q * scale + zero)"),
+    )
+    for idx, want, what in checks:
+        if mdl[idx] != want:
+            raise BonsaiFormatError(path, f"{mod}.metadata", f"[{idx}] {what} is {mdl[idx]}, expected {want}")
+
+
+def write_gemlite(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], *, gemlite_version: str = "0.5") -> Path:
+    """Export the released gemlite layout. ``out`` is a snapshot root (the pack goes into
+    ``transformer-gemlite-int{bits}/``) or a folder named like that pack. Atomic.
+
+    ``gemlite_version="0.6"`` adds the neutral per-layer ``meta_scale`` gemlite 0.6 writes."""
+    out = Path(out)
+    bits = ckpt.meta.bits
+    sub = None if FOLDER_RE.match(out.name) else folder_name(bits)
+    view = DiffusersView(ckpt)
+    sd: dict[str, torch.Tensor] = {}
+    for key in view.dense:
+        sd[key] = view.dense_tensor(key).clone()  # clone: never pickle a view of a whole mmap
+    for mod, (n, k) in view.modules.items():
+        p = view.packed(mod)
+        s = p.scales.float().t().contiguous()
+        sd[f"{mod}.W_q"] = p.codes.t().contiguous()
+        sd[f"{mod}.scales"] = s * STEP[bits]
+        sd[f"{mod}.zeros"] = -s
+        sd[f"{mod}.metadata"] = torch.tensor(
+            [0, bits, GROUP_SIZE, (1 << bits) - 1, 8 // bits, DTYPE_FP16, DTYPE_FP16, DTYPE_FP32, DTYPE_FP32, 0, W_GROUP_MODE_FMA, 1],
+            dtype=torch.int32,
+        )
+        sd[f"{mod}.orig_shape"] = torch.tensor([n, k], dtype=torch.int32)
+        if gemlite_version.startswith("0.6"):
+            sd[f"{mod}.meta_scale"] = torch.ones((), dtype=torch.float32)
+    fmt = "gemlite-int2-ternary-g128" if bits == 2 else "gemlite-int1-g128"
+    qcfg = quantization_config(fmt, bits, ckpt.meta.config, packing_bitwidth=8, input_dtype="float16", output_dtype="float16")
+    target = out / sub if sub else out  # only the pack folder is replaced, never the snapshot root
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        torch.save(sd, tmp / STATE_FILE)
+        write_json(tmp / "config.json", ckpt.meta.config.to_diffusers_config())
+        write_json(tmp / "quantization_config.json", qcfg)
+    return target

@@ -1,0 +1,301 @@
+"""Glue shared by the diffusers-named layouts (gemlite, MLX, unpacked) and the BFL-named
+:class:`BonsaiCheckpoint`: inventory validation, fusing q/k/v on read, splitting on write,
+the released JSON side files, and the variant check every reader applies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
+from ..errors import BonsaiFormatError
+from ..klein import (
+    DIFFUSERS_SKIP_PATTERNS,
+    GROUP_SIZE,
+    SWAPPED_HALVES_KEY,
+    KleinConfig,
+    bfl_dense_tensors,
+    bfl_quantized_layers,
+    diffusers_dense_tensors,
+    diffusers_quantized_linears,
+    swap_halves,
+)
+from ..packing import BITS_VARIANT, VARIANT_BITS, PackedWeight, compact_scales
+
+SOLVER = {1: "binary", 2: "ternary"}
+
+
+def check_expected_variant(path: str | os.PathLike[str], variant: str | None) -> None:
+    """Refuse an unknown ``variant=`` expectation before reading anything."""
+    if variant is not None and variant not in VARIANT_BITS:
+        raise BonsaiFormatError(path, None, f"unknown variant {variant!r}; expected one of {sorted(VARIANT_BITS)}")
+
+
+def variant_for(path: str | os.PathLike[str], bits: int, expected: str | None, tensor: str | None = None, why: str = "") -> str:
+    """The variant a checkpoint of ``bits`` is, checked against the caller's expectation."""
+    check_expected_variant(path, expected)
+    if bits not in BITS_VARIANT:
+        raise BonsaiFormatError(path, tensor, f"{bits}-bit weights are not a Bonsai variant (binary is 1-bit, ternary 2-bit)")
+    found = BITS_VARIANT[bits]
+    if expected is not None and expected != found:
+        raise BonsaiFormatError(
+            path, tensor, f"expected a {expected} checkpoint but this one is {found} ({bits}-bit{', ' + why if why else ''})"
+        )
+    return found
+
+
+def read_json(path: Path, *, required: bool = True) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise BonsaiFormatError(path, None, "required JSON file is missing")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BonsaiFormatError(path, None, f"cannot parse JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise BonsaiFormatError(path, None, "expected a JSON object")
+    return data
+
+
+def quant_json_bits(path: Path, qcfg: dict, *, default_bits: int | None = None) -> int:
+    """``bits`` and ``group_size`` of a ``quantization_config.json``, validated."""
+    try:
+        bits = int(qcfg.get("bits", default_bits)) if qcfg.get("bits", default_bits) is not None else None
+        gs = int(qcfg.get("group_size", GROUP_SIZE))
+    except (TypeError, ValueError) as e:
+        raise BonsaiFormatError(path, None, f"invalid bits/group_size: {e}") from e
+    if bits is None:
+        raise BonsaiFormatError(path, None, "no 'bits' entry")
+    if gs != GROUP_SIZE:
+        raise BonsaiFormatError(path, None, f"group_size {gs} is not supported (Bonsai uses {GROUP_SIZE} everywhere)")
+    return bits
+
+
+def load_transformer_config(path: Path, logical: Mapping[str, tuple[int, ...]]) -> KleinConfig:
+    """Geometry from ``config.json`` when present, cross-checked against the tensors' shapes."""
+    from ..klein import infer_config_from_diffusers_shapes
+
+    try:
+        inferred = infer_config_from_diffusers_shapes(dict(logical))
+    except (KeyError, ValueError, IndexError) as e:
+        raise BonsaiFormatError(path.parent, str(e).strip("'"), "cannot infer the transformer geometry: tensor is missing") from e
+    cfg_json = read_json(path, required=False)
+    if cfg_json is None:
+        return inferred
+    try:
+        declared = KleinConfig.from_diffusers_config(cfg_json)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BonsaiFormatError(path, None, f"invalid transformer config: {e}") from e
+    if declared != inferred:
+        raise BonsaiFormatError(path, None, f"config.json describes {declared} but the weights have shapes of {inferred}")
+    return declared
+
+
+def validate_inventory(path: str | os.PathLike[str], cfg: KleinConfig, logical: Mapping[str, tuple[int, ...]], packed: set[str]) -> None:
+    """Every expected diffusers tensor present with its shape, quantized exactly where released.
+
+    ``logical``: diffusers key (``<module>.weight`` or norm key) -> logical shape (out, in).
+    ``packed``: the ``<module>.weight`` keys stored packed.
+    """
+    qlin = {f"{m}.weight": s for m, s in diffusers_quantized_linears(cfg).items()}
+    dense = diffusers_dense_tensors(cfg)
+    for key, shape in {**dense, **qlin}.items():
+        if key not in logical:
+            raise BonsaiFormatError(path, key, "tensor is missing")
+        if tuple(logical[key]) != tuple(shape):
+            raise BonsaiFormatError(path, key, f"shape {list(logical[key])} does not match the expected {list(shape)}")
+    for key in qlin:
+        if key not in packed:
+            raise BonsaiFormatError(path, key, "is stored dense, but every Bonsai release packs this linear")
+    for key in dense:
+        if key in packed:
+            raise BonsaiFormatError(path, key, "is stored packed, but it is on the released skip list (must be dense)")
+    unknown = [k for k in logical if k not in qlin and k not in dense]
+    if unknown:
+        raise BonsaiFormatError(path, unknown[0], f"unexpected tensor ({len(unknown)} unexpected in all)")
+
+
+def fuse(parts: list[PackedWeight]) -> PackedWeight:
+    """Fuse diffusers q/k/v along N; scales are re-compacted over the whole fused layer."""
+    if len(parts) == 1:
+        return parts[0]
+    scales = compact_scales(torch.cat([p.scales.float() for p in parts], 0))
+    return PackedWeight(torch.cat([p.codes for p in parts], 0), scales, parts[0].bits)
+
+
+def diffusers_to_bfl(
+    path: Path,
+    meta: BonsaiMeta,
+    load_module: Callable[[str], PackedWeight],
+    load_dense: Callable[[str], torch.Tensor],
+    dense_dtypes: Mapping[str, torch.dtype],
+    *,
+    bytes_on_disk: int,
+    scale_dtypes: Mapping[str, torch.dtype] | None = None,
+) -> BonsaiCheckpoint:
+    """A BFL-named lazy checkpoint over a diffusers-named source (inventory already validated).
+
+    ``load_module(m)``: the diffusers linear ``m`` (no ``.weight``) as canonical codes.
+    ``load_dense(k)``: the diffusers dense tensor ``k``.
+    """
+    cfg = meta.config
+    dshapes = diffusers_quantized_linears(cfg)
+    qmap = bfl_quantized_layers(cfg)
+    dmap = bfl_dense_tensors(cfg)
+    dense_shapes_d = diffusers_dense_tensors(cfg)
+    packed_shapes = {bk: (sum(dshapes[m][0] for m in mods), dshapes[mods[0]][1]) for bk, mods in qmap.items()}
+    dense_shapes = {bk: (dense_dtypes[dk], dense_shapes_d[dk]) for bk, dk in dmap.items()}
+
+    def load_packed(bk: str) -> PackedWeight:
+        if bk not in qmap:
+            raise BonsaiFormatError(path, bk, "not a quantized layer")
+        return fuse([load_module(m) for m in qmap[bk]])
+
+    def load_dense_bfl(bk: str) -> torch.Tensor:
+        if bk not in dmap:
+            raise BonsaiFormatError(path, bk, "not a dense tensor")
+        t = load_dense(dmap[bk])
+        return swap_halves(t) if bk == SWAPPED_HALVES_KEY else t
+
+    extra: dict[str, object] = {}
+    if scale_dtypes is not None:
+        extra["scale_dtypes"] = scale_dtypes
+    return BonsaiCheckpoint(
+        path=path,
+        meta=meta,
+        packed_shapes=packed_shapes,
+        dense_shapes=dense_shapes,
+        load_packed=load_packed,
+        load_dense=load_dense_bfl,
+        bytes_on_disk=bytes_on_disk,
+        extra=extra,
+    )
+
+
+class DiffusersView:
+    """The diffusers-named face of a BFL checkpoint, for writers: split fused layers, un-swap
+    ``norm_out``. One fused layer is cached so q, k and v come from a single read."""
+
+    def __init__(self, ckpt: BonsaiCheckpoint) -> None:
+        self.ckpt = ckpt
+        cfg = ckpt.meta.config
+        self.modules = diffusers_quantized_linears(cfg)  # module -> (out, in), file order
+        self._where: dict[str, tuple[str, int, list[int]]] = {}
+        for bk, mods in bfl_quantized_layers(cfg).items():
+            sizes = [self.modules[m][0] for m in mods]
+            for i, m in enumerate(mods):
+                self._where[m] = (bk, i, sizes)
+        self._dense_src = {dk: bk for bk, dk in bfl_dense_tensors(cfg).items()}
+        self.dense = {dk: (ckpt.dense_shapes[bk][0], diffusers_dense_tensors(cfg)[dk]) for dk, bk in self._dense_src.items()}
+        self.dense = {k: self.dense[k] for k in diffusers_dense_tensors(cfg)}  # released order
+        self._cache: tuple[str, list[PackedWeight]] | None = None
+
+    def packed(self, module: str) -> PackedWeight:
+        bk, i, sizes = self._where[module]
+        if self._cache is None or self._cache[0] != bk:
+            self._cache = None  # drop the previous layer before reading the next
+            self._cache = (bk, self.ckpt.load_packed(bk).split(sizes))
+        return self._cache[1][i]
+
+    def dense_tensor(self, key: str) -> torch.Tensor:
+        bk = self._dense_src[key]
+        t = self.ckpt.load_dense(bk)
+        return swap_halves(t) if bk == SWAPPED_HALVES_KEY else t
+
+    def items(self) -> Iterator[tuple[str, PackedWeight | torch.Tensor]]:
+        for k in self.dense:
+            yield k, self.dense_tensor(k)
+        for m in self.modules:
+            yield m, self.packed(m)
+
+
+def quantization_config(fmt: str, bits: int, cfg: KleinConfig, **extra: object) -> dict[str, object]:
+    """The released ``quantization_config.json`` keys (formats.md section 5)."""
+    quantized = list(diffusers_quantized_linears(cfg))
+    out: dict[str, object] = {
+        "format": fmt,
+        "bits": bits,
+        "group_size": GROUP_SIZE,
+        "solver": SOLVER[bits],
+    }
+    out.update(extra)
+    out.update(
+        {
+            "quantized_count": len(quantized),
+            "skipped_count": len(DIFFUSERS_SKIP_PATTERNS),
+            "quantized_fqns": quantized,
+            "skip_patterns": list(DIFFUSERS_SKIP_PATTERNS),
+        }
+    )
+    return out
+
+
+def check_quantized_fqns(path: Path, qcfg: dict, cfg: KleinConfig) -> None:
+    """If the JSON lists the quantized modules, they must be exactly the released 100."""
+    fqns = qcfg.get("quantized_fqns")
+    if fqns is None:
+        return
+    expected = set(diffusers_quantized_linears(cfg))
+    got = set(fqns) if isinstance(fqns, list) else set()
+    if got != expected:
+        odd = sorted(got ^ expected)
+        raise BonsaiFormatError(path, odd[0] if odd else None, f"quantized_fqns differs from the released list ({len(odd)} differences)")
+
+
+def guess_source_repo(path: Path) -> str:
+    """``org/name`` of a Hugging Face snapshot (cache folder ``models--org--name``) or a folder
+    named like a released repo; empty when unknown."""
+    for p in [path, *path.parents]:
+        if p.name.startswith("models--"):
+            return p.name[len("models--") :].replace("--", "/", 1)
+        if p.name.startswith("bonsai-image-"):
+            return f"prism-ml/{p.name}"
+    return ""
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+class LazyScaleDtypes(Mapping[str, torch.dtype]):
+    """BFL layer -> canonical scale dtype, computed on first use from the scales alone.
+
+    A canonical header is written before any tensor, so writers need each layer's scale dtype
+    up front; computing it from the (small) scales avoids a second full read of the codes."""
+
+    def __init__(self, keys: list[str], compute: Callable[[str], torch.dtype]) -> None:
+        self._keys = keys
+        self._compute = compute
+        self._done: dict[str, torch.dtype] = {}
+
+    def __getitem__(self, key: str) -> torch.dtype:
+        if key not in self._done:
+            if key not in self._keys:
+                raise KeyError(key)
+            self._done[key] = self._compute(key)
+        return self._done[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def first_mismatch(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
+    """Index of the first element where ``a != b`` (both same shape)."""
+    return tuple((a != b).nonzero()[0].tolist())
+
+
+def bfl_expected_shapes(cfg: KleinConfig) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]]:
+    """(quantized BFL key -> (out, in), dense BFL key -> shape) for ``cfg``."""
+    d = diffusers_quantized_linears(cfg)
+    q = {bk: (sum(d[m][0] for m in mods), d[mods[0]][1]) for bk, mods in bfl_quantized_layers(cfg).items()}
+    dd = diffusers_dense_tensors(cfg)
+    return q, {bk: dd[dk] for bk, dk in bfl_dense_tensors(cfg).items()}
