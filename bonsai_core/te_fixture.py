@@ -166,7 +166,9 @@ def write_mlx(te: TEWeights, out_dir: str | os.PathLike[str]) -> Path:
         specs.append(TensorSpec(name, t.dtype, tuple(t.shape), _const(t)))
     specs.sort(key=lambda s: s.name)
     quant = {"group_size": TE_GROUP_SIZE, "bits": 4}
-    _write_json(out / "config.json", {**te.config, "architectures": ["Qwen3ForCausalLM"], "quantization": quant, "quantization_config": quant})
+    _write_json(
+        out / "config.json", {**te.config, "architectures": ["Qwen3ForCausalLM"], "quantization": quant, "quantization_config": quant}
+    )
     size = write_safetensors(out / MLX_FILE, specs, metadata={"format": "mlx"})
     index = {"metadata": {"total_size": size}, "weight_map": {s.name: MLX_FILE for s in specs}}
     _write_json(out / (MLX_FILE + ".index.json"), index)

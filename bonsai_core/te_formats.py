@@ -87,7 +87,9 @@ def dequantize_4bit(
     r, k = q.shape
     g = scales.shape[-1]
     if k != g * group_size or scales.shape[0] != r or offsets.shape != scales.shape:
-        raise ValueError(f"codes imply [{r}, {k}] but scales/offsets are {list(scales.shape)}/{list(offsets.shape)} (group size {group_size})")
+        raise ValueError(
+            f"codes imply [{r}, {k}] but scales/offsets are {list(scales.shape)}/{list(offsets.shape)} (group size {group_size})"
+        )
     q = q.to(dtype).view(r, g, group_size)
     s = scales.to(dtype).unsqueeze(-1)
     o = offsets.to(dtype).unsqueeze(-1)
@@ -121,7 +123,9 @@ class Packed4Bit:
             raise ValueError(f"codes must be 2-D uint8, got {self.codes.dtype} {list(self.codes.shape)}")
         n, kb = self.codes.shape
         if self.scales.shape != (n, kb * 2 // self.group_size) or self.offsets.shape != self.scales.shape:
-            raise ValueError(f"codes {list(self.codes.shape)} need scales/offsets [{n}, {kb * 2 // self.group_size}], got {list(self.scales.shape)}/{list(self.offsets.shape)}")
+            raise ValueError(
+                f"codes {list(self.codes.shape)} need scales/offsets [{n}, {kb * 2 // self.group_size}], got {list(self.scales.shape)}/{list(self.offsets.shape)}"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,7 +244,9 @@ def _check_complete(te: TEWeights, file: Path) -> None:
             raise BonsaiFormatError(file, name, f"shape {list(got)} does not match config.json ({list(shape)})")
     unknown = sorted((set(te.packed) - set(want_packed) - {embed}) | (set(te.dense) - set(want_dense)))
     if unknown:
-        raise BonsaiFormatError(file, unknown[0], f"unexpected tensor for a {te.config['num_hidden_layers']}-layer Qwen3 ({len(unknown)} unexpected)")
+        raise BonsaiFormatError(
+            file, unknown[0], f"unexpected tensor for a {te.config['num_hidden_layers']}-layer Qwen3 ({len(unknown)} unexpected)"
+        )
 
 
 # ----------------------------------------------------------------------------- HQQ
@@ -306,7 +312,9 @@ def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
             raise BonsaiFormatError(file, name, f"HQQ {what} must be a float tensor of {groups} values, got {getattr(t, 'shape', t)!r}")
     if entry.get("bias") is not None:
         raise BonsaiFormatError(file, name, "HQQ linear has a bias; Qwen3 linears have none")
-    return Packed4Bit(hqq_unpack_to_codes(w_q, (n, k), gs), scale.detach().reshape(n, k // gs), zero.detach().reshape(n, k // gs), "hqq", gs)
+    return Packed4Bit(
+        hqq_unpack_to_codes(w_q, (n, k), gs), scale.detach().reshape(n, k // gs), zero.detach().reshape(n, k // gs), "hqq", gs
+    )
 
 
 def read_hqq(folder: str | os.PathLike[str]) -> TEWeights:
@@ -320,7 +328,9 @@ def read_hqq(folder: str | os.PathLike[str]) -> TEWeights:
         # weights_only: HQQ's own loader does the same; anything beyond tensors/containers/dtypes is refused
         raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        raise BonsaiFormatError(file, None, f"refused to unpickle (not a plain HQQ weight file, possibly malicious): {str(e).splitlines()[0]}") from e
+        raise BonsaiFormatError(
+            file, None, f"refused to unpickle (not a plain HQQ weight file, possibly malicious): {str(e).splitlines()[0]}"
+        ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise BonsaiFormatError(file, None, f"cannot read the torch file (truncated or corrupt download?): {str(e).splitlines()[0]}") from e
     if not isinstance(raw, dict):
@@ -433,7 +443,11 @@ def resolve_te_folder(path: str | os.PathLike[str]) -> Path:
     found = sorted(p for p in path.glob("text_encoder*") if p.is_dir() and te_layout(p)) if path.is_dir() else []
     if found:
         return found[0]
-    raise BonsaiFormatError(path, None, f"no 4-bit text encoder here: expected {HQQ_FILE} or {MLX_FILE} (+ config.json), or a {'/'.join(TE_FOLDER_NAMES)} subfolder")
+    raise BonsaiFormatError(
+        path,
+        None,
+        f"no 4-bit text encoder here: expected {HQQ_FILE} or {MLX_FILE} (+ config.json), or a {'/'.join(TE_FOLDER_NAMES)} subfolder",
+    )
 
 
 def read_te(path: str | os.PathLike[str]) -> TEWeights:

@@ -36,7 +36,16 @@ import torch
 from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
-from ..bonsai_core.te_formats import TEWeights, dequantize_4bit, find_tokenizer_dir, head_dim, read_te, resolve_te_folder, rope_theta, te_layout
+from ..bonsai_core.te_formats import (
+    TEWeights,
+    dequantize_4bit,
+    find_tokenizer_dir,
+    head_dim,
+    read_te,
+    resolve_te_folder,
+    rope_theta,
+    te_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +73,17 @@ class _PackedState(torch.nn.Module):
         codes = state_dict.pop(prefix + "weight_codes")
         scales = state_dict.pop(prefix + "weight_scales")
         offsets = state_dict.pop(prefix + offset_key)
-        if codes.dtype != torch.uint8 or tuple(codes.shape) != (rows, cols // 2) or scales.shape != offsets.shape or scales.shape[0] != rows:
-            raise BonsaiFormatError(prefix.rstrip("."), "weight_codes", f"packed {codes.dtype} {list(codes.shape)} / scales {list(scales.shape)} do not fit a [{rows}, {cols}] 4-bit weight")
+        if (
+            codes.dtype != torch.uint8
+            or tuple(codes.shape) != (rows, cols // 2)
+            or scales.shape != offsets.shape
+            or scales.shape[0] != rows
+        ):
+            raise BonsaiFormatError(
+                prefix.rstrip("."),
+                "weight_codes",
+                f"packed {codes.dtype} {list(codes.shape)} / scales {list(scales.shape)} do not fit a [{rows}, {cols}] 4-bit weight",
+            )
         self.layout = _KEYS_LAYOUT[offset_key]
         self.group_size = cols // scales.shape[1]
         # buffers, not parameters: ComfyUI moves them with the module and counts them in model_size(),
@@ -120,7 +138,9 @@ class PackedOrDenseEmbedding(_PackedState):
         if prefix + "weight" in state_dict:
             w = state_dict.pop(prefix + "weight")
             if tuple(w.shape) != (self.num_embeddings, self.embedding_dim):
-                raise BonsaiFormatError(prefix.rstrip("."), "weight", f"shape {list(w.shape)}, expected {[self.num_embeddings, self.embedding_dim]}")
+                raise BonsaiFormatError(
+                    prefix.rstrip("."), "weight", f"shape {list(w.shape)}, expected {[self.num_embeddings, self.embedding_dim]}"
+                )
             self.register_buffer("weight", w, persistent=True)
             self.weight_comfy_model_dtype = w.dtype
         else:
@@ -185,7 +205,15 @@ class ConfiguredQwen3(comfy.text_encoders.llama.Qwen3_4B):
 class ConfiguredQwen3Model(comfy.text_encoders.flux.Qwen3_4BModel):
     """Stock ``Qwen3_4BModel`` (layers 9/18/27, pad 151643, attention masks) on :class:`ConfiguredQwen3`."""
 
-    def __init__(self, device: Any = "cpu", layer: Any = None, layer_idx: Any = None, dtype: Any = None, attention_mask: bool = True, model_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        device: Any = "cpu",
+        layer: Any = None,
+        layer_idx: Any = None,
+        dtype: Any = None,
+        attention_mask: bool = True,
+        model_options: dict[str, Any] | None = None,
+    ) -> None:
         comfy.sd1_clip.SDClipModel.__init__(
             self,
             device=device,
@@ -230,7 +258,14 @@ class _Target:
         self.tokenizer = tokenizer
 
 
-def build_clip(config: dict[str, Any], state_dict: dict[str, torch.Tensor], *, operations: Any = None, dtype: torch.dtype = torch.bfloat16, extra_options: dict[str, Any] | None = None) -> comfy.sd.CLIP:
+def build_clip(
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    *,
+    operations: Any = None,
+    dtype: torch.dtype = torch.bfloat16,
+    extra_options: dict[str, Any] | None = None,
+) -> comfy.sd.CLIP:
     """A stock ``comfy.sd.CLIP`` around ``klein_te`` + ``KleinTokenizer``; ``operations=None`` means
     ComfyUI's stock ``manual_cast`` ops with dense weights (the reference path)."""
     target = _Target(comfy.text_encoders.flux.klein_te(dtype_llama=dtype, model_type=MODEL_NAME), comfy.text_encoders.flux.KleinTokenizer)
@@ -238,11 +273,19 @@ def build_clip(config: dict[str, Any], state_dict: dict[str, torch.Tensor], *, o
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     # CLIP sizes its initial placement as parameters x dtype size: pass the bytes actually held
     parameters = nbytes // torch.empty((), dtype=dtype).element_size()
-    clip = comfy.sd.CLIP(target, embedding_directory=folder_paths.get_folder_paths("embeddings"), parameters=parameters, state_dict=[state_dict], model_options=options)
+    clip = comfy.sd.CLIP(
+        target,
+        embedding_directory=folder_paths.get_folder_paths("embeddings"),
+        parameters=parameters,
+        state_dict=[state_dict],
+        model_options=options,
+    )
     return clip
 
 
-def load_packed_clip(path: str | os.PathLike[str], *, check_tokenizer: bool = True, extra_options: dict[str, Any] | None = None) -> comfy.sd.CLIP:
+def load_packed_clip(
+    path: str | os.PathLike[str], *, check_tokenizer: bool = True, extra_options: dict[str, Any] | None = None
+) -> comfy.sd.CLIP:
     """Read a released 4-bit TE folder (or snapshot root) and return a stock ``CLIP`` on packed weights."""
     te = read_te(path)
     if check_tokenizer:
@@ -254,7 +297,13 @@ def load_packed_clip(path: str | os.PathLike[str], *, check_tokenizer: bool = Tr
     dense_dtypes = {t.dtype for k, t in te.dense.items() if "norm" in k}
     dtype = dense_dtypes.pop() if len(dense_dtypes) == 1 else torch.bfloat16
     clip = build_clip(te.config, te_state_dict(te), operations=Packed4BitOps, dtype=dtype, extra_options=extra_options)
-    log.info("Bonsai TE %s (%s): %.1f MiB packed (dense bf16 would be %.1f MiB)", te.path, te.layout, te.packed_nbytes / 2**20, te.dense_equivalent_nbytes() / 2**20)
+    log.info(
+        "Bonsai TE %s (%s): %.1f MiB packed (dense bf16 would be %.1f MiB)",
+        te.path,
+        te.layout,
+        te.packed_nbytes / 2**20,
+        te.dense_equivalent_nbytes() / 2**20,
+    )
     return clip
 
 
@@ -284,7 +333,11 @@ def verify_tokenizer(tokenizer_dir: str) -> list[int]:
     got = [t for t, _w in klein.tokenize_with_weights(PROBE_PROMPT)[MODEL_NAME][0]]
     got = got[: len(want)] if got[len(want) :] == [151643] * (len(got) - len(want)) else got
     if got != want:
-        raise BonsaiFormatError(tokenizer_dir, None, f"ComfyUI's Klein tokenizer disagrees with the shipped tokenizer on the chat-templated probe: {got[:24]} vs {want[:24]}")
+        raise BonsaiFormatError(
+            tokenizer_dir,
+            None,
+            f"ComfyUI's Klein tokenizer disagrees with the shipped tokenizer on the chat-templated probe: {got[:24]} vs {want[:24]}",
+        )
     return want
 
 
@@ -313,7 +366,9 @@ def _scan(root: Path) -> list[Path]:
 def list_te_folders() -> dict[str, Path]:
     """``label -> folder`` for every 4-bit TE folder under ``models/bonsai`` and ``models/text_encoders``."""
     out: dict[str, Path] = {}
-    roots = [(BONSAI_FOLDER, r) for r in ensure_bonsai_folder()] + [("text_encoders", r) for r in folder_paths.get_folder_paths("text_encoders")]
+    roots = [(BONSAI_FOLDER, r) for r in ensure_bonsai_folder()] + [
+        ("text_encoders", r) for r in folder_paths.get_folder_paths("text_encoders")
+    ]
     for kind, root in roots:
         for folder in _scan(Path(root)):
             out.setdefault(f"{kind}/{folder.relative_to(root).as_posix()}", folder)
@@ -326,7 +381,9 @@ def resolve_label(label: str) -> Path:
         return folders[label]
     if os.path.isabs(label):
         return resolve_te_folder(label)
-    raise BonsaiFormatError(label, None, f"no such text encoder folder; found: {', '.join(folders) or 'none (download one with the Bonsai downloader)'}")
+    raise BonsaiFormatError(
+        label, None, f"no such text encoder folder; found: {', '.join(folders) or 'none (download one with the Bonsai downloader)'}"
+    )
 
 
 class BonsaiTextEncoderLoader(io.ComfyNode):
@@ -340,7 +397,13 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
                 "Loads the released 4-bit Qwen3-4B text encoder (text_encoder-hqq-4bit or text_encoder-mlx-4bit) as a "
                 "FLUX.2 Klein CLIP for the stock CLIP Text Encode node. Weights stay 4-bit in memory."
             ),
-            inputs=[io.Combo.Input("text_encoder", options=list(list_te_folders()), tooltip="models/bonsai/<repo>/text_encoder-*-4bit or a folder in models/text_encoders")],
+            inputs=[
+                io.Combo.Input(
+                    "text_encoder",
+                    options=list(list_te_folders()),
+                    tooltip="models/bonsai/<repo>/text_encoder-*-4bit or a folder in models/text_encoders",
+                )
+            ],
             outputs=[io.Clip.Output()],
         )
 
