@@ -27,7 +27,7 @@ class LowRankBranch:
         return self.down.shape[0]
 
     def to(self, device: torch.device, dtype: torch.dtype) -> LowRankBranch:
-        if self.down.device == device and self.down.dtype == dtype:
+        if all(t.device == device and t.dtype == dtype for t in (self.down, self.up)):
             return self
         return LowRankBranch(self.down.to(device, dtype), self.up.to(device, dtype), self.scale, self.offset, self.pre_scale)
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..bonsai_core.lowrank import LowRankBranch
+from .ops import register_patch_resolver
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _lora_factors(key: str, weights: Sequence[Any], n: int, k: int) -> tuple[tor
     if mid is not None:
         if mid.dim() not in (2, 4) or (mid.dim() == 4 and tuple(mid.shape[2:]) != (1, 1)):
             raise BonsaiLoraError(key, f"lora_mid of shape {list(mid.shape)} is a convolution factor, not a linear one")
-        down = mid.reshape(mid.shape[0], mid.shape[1]).to(down.dtype) @ down
+        down = mid.reshape(mid.shape[0], mid.shape[1]).float() @ down.float()  # fold in fp32, as ComfyUI merges
     if up.shape[0] != n or down.shape[1] != k or up.shape[1] != down.shape[0]:
         raise _ShapeMismatch(f"lora up {list(up.shape)} x down {list(down.shape)} does not fit a {n}x{k} slice")
     return up, down, factor
@@ -279,6 +280,34 @@ def clear_lora_branches(model: torch.nn.Module) -> None:
         setattr(module, _STAMP_ATTR, None)
 
 
+def resolve_lowvram_patch(layer: torch.nn.Module, entry: Any) -> list[LowRankBranch] | None:
+    """``BonsaiOps`` patch resolver for ComfyUI's lowvram ``LowVramPatch`` entries on a packed layer.
+
+    Under lowvram, ComfyUI leaves offloaded layers' patches in ``layer.weight_function`` (a dense-weight
+    function). The ON_LOAD callback already turned the same patches into ``layer.bonsai_lora`` in that
+    very ``load()``, so the entry resolves to nothing. Without the callback (a patcher that never got
+    :func:`install_lora_support`) the entry's own patches are translated, once, and kept on the entry.
+    """
+    import comfy.model_patcher
+
+    if not isinstance(entry, comfy.model_patcher.LowVramPatch):
+        return None
+    if getattr(layer, _STAMP_ATTR, None) is not None:
+        return []
+    cached = getattr(entry, "bonsai_branches", None)
+    if cached is None:
+        n, k = layer_shape(layer)
+        dtype = _branch_dtype_of_layer(layer)
+        cached = [b.to(layer.codes.device, dtype) for b in branches_from_patches(entry.key, entry.patches[entry.key], n, k)]
+        entry.bonsai_branches = cached
+    return cached
+
+
+def _branch_dtype_of_layer(layer: torch.nn.Module) -> torch.dtype:
+    dtype = getattr(layer, "bonsai_dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
 def _on_load(patcher: Any, device_to: Any, lowvram_model_memory: Any, force_patch_weights: Any, full_load: Any) -> None:
     n = sync_lora_branches(patcher, device_to)
     if n:
@@ -305,3 +334,6 @@ def install_lora_support(patcher: Any) -> Any:
         patcher.remove_callbacks_with_key(call_type, CALLBACK_KEY)
         patcher.add_callback_with_key(call_type, CALLBACK_KEY, fn)
     return patcher
+
+
+register_patch_resolver(resolve_lowvram_patch)
