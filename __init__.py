@@ -1,0 +1,61 @@
+"""Bonsai Image for ComfyUI: binary/ternary FLUX.2 Klein 4B with packed weights and stock sockets.
+
+ComfyUI imports this file as the custom node package (``custom_nodes/<pack>/__init__.py``) and
+calls :func:`comfy_entrypoint` (the V3 API). There is deliberately no ``NODE_CLASS_MAPPINGS``:
+ComfyUI would take the V1 path and ignore the entry point.
+
+Each module in ``nodes/`` is imported separately; one that fails (an optional backend or package
+missing, a bug) is logged with the reason and only its own nodes are missing. The core library
+``bonsai_core`` imports nothing from ComfyUI; this file and ``nodes/`` need ComfyUI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import nodes as _nodes_pkg
+
+log = logging.getLogger("bonsai_image")
+
+# Not node modules: operations used by the loader, not a NODES provider.
+_NOT_NODE_MODULES = frozenset({"ops"})
+
+IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
+
+
+def _node_modules() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(_nodes_pkg.__path__)]
+    return sorted(n for n in names if not n.startswith("_") and n not in _NOT_NODE_MODULES)
+
+
+def gather_nodes() -> list[type[io.ComfyNode]]:
+    """Node classes from every importable ``nodes/*`` module, in module order, without duplicates."""
+    found: list[type[io.ComfyNode]] = []
+    for name in _node_modules():
+        try:
+            module = importlib.import_module(f"{_nodes_pkg.__name__}.{name}")
+        except Exception as e:  # one broken optional part must not hide the rest of the pack
+            IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
+            log.error("Bonsai Image: nodes/%s.py could not be imported, its nodes are unavailable: %s: %s", name, type(e).__name__, e)
+            log.debug("import failure of nodes/%s.py", name, exc_info=True)
+            continue
+        IMPORT_ERRORS.pop(name, None)
+        for node in getattr(module, "NODES", ()):
+            if node not in found:
+                found.append(node)
+    return found
+
+
+class BonsaiImageExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        nodes = gather_nodes()
+        log.info("Bonsai Image: %d nodes registered%s", len(nodes), f" ({len(IMPORT_ERRORS)} node modules failed)" if IMPORT_ERRORS else "")
+        return nodes
+
+
+async def comfy_entrypoint() -> BonsaiImageExtension:
+    return BonsaiImageExtension()

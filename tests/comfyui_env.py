@@ -1,0 +1,288 @@
+"""A real ComfyUI, started in this process, for the integration tests (tests/comfy, tests/lora, tests/te, ...).
+
+ComfyUI is found through ``$COMFYUI_PATH``, a parent ``custom_nodes/`` of this repository, or
+``~/comfy/ComfyUI``. It starts with ``--cpu`` the way ``main.py`` would (args parsed, built-in extra
+nodes loaded), then this repository is linked into ``<ComfyUI>/custom_nodes/bonsai_image`` and
+loaded by ComfyUI's own custom-node loader (``nodes.load_custom_node``). Prompts (API format) go
+through ``execution.validate_prompt`` and ``execution.PromptExecutor`` exactly as the server runs
+them. Nothing of ComfyUI is replaced; the only addition is a test output node,
+``BonsaiTestCapture``, that keeps whatever reaches it so tests can compare tensors.
+
+Use from a conftest::
+
+    from comfyui_env import comfyui, comfy_models  # noqa: F401  (pytest fixtures)
+
+``comfyui`` is session scoped and skips (with the reason and how to enable) when no ComfyUI exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_DIR_NAME = "bonsai_image"
+ENV_VAR = "COMFYUI_PATH"
+ENABLE_HINT = f"set {ENV_VAR}=/path/to/ComfyUI (a checkout with main.py and comfy/sd.py), or clone ComfyUI to ~/comfy/ComfyUI"
+
+log = logging.getLogger("bonsai_image.tests")
+
+
+# ---------------------------------------------------------------------------
+# finding ComfyUI
+# ---------------------------------------------------------------------------
+
+
+def _is_comfyui(p: Path) -> bool:
+    return (p / "main.py").is_file() and (p / "comfy" / "sd.py").is_file() and (p / "nodes.py").is_file()
+
+
+def find_comfyui() -> tuple[Path | None, str]:
+    """(ComfyUI root, how it was found) or (None, why none was found)."""
+    tried = []
+    env = os.environ.get(ENV_VAR)
+    if env:
+        p = Path(env).expanduser().resolve()
+        if _is_comfyui(p):
+            return p, f"${ENV_VAR}"
+        tried.append(f"${ENV_VAR}={env} (not a ComfyUI checkout)")
+    if REPO.parent.name == "custom_nodes" and _is_comfyui(REPO.parent.parent):
+        return REPO.parent.parent, "parent custom_nodes/"
+    home = Path.home() / "comfy" / "ComfyUI"
+    if _is_comfyui(home):
+        return home, "~/comfy/ComfyUI"
+    tried.append(f"{home} (absent)")
+    return None, "no ComfyUI checkout found: tried " + "; ".join(tried)
+
+
+def comfyui_version(root: Path) -> str:
+    """``comfyui_version.__version__`` read from the file (no import needed)."""
+    f = root / "comfyui_version.py"
+    m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read_text()) if f.is_file() else None
+    return m.group(1) if m else "unknown"
+
+
+# ---------------------------------------------------------------------------
+# the session
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PromptResult:
+    """What one prompt produced: validation errors, execution messages, captured values."""
+
+    prompt_id: str
+    valid: bool
+    validation_error: dict[str, Any] | None
+    node_errors: dict[str, Any]
+    success: bool
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    captured: dict[str, Any] = field(default_factory=dict)
+
+    def message(self, event: str) -> dict[str, Any] | None:
+        for ev, data in self.messages:
+            if ev == event:
+                return data
+        return None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The ``execution_error`` message, if the prompt failed while running."""
+        return self.message("execution_error")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.message("execution_interrupted") is not None
+
+    def latent(self, label: str = "out") -> Any:
+        return self.captured[label]["samples"]
+
+
+class _Server:
+    """The part of ``server.PromptServer`` the executor talks to; records every event."""
+
+    def __init__(self) -> None:
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.last_prompt_id: str | None = None
+        self.sockets_metadata: dict[str, Any] = {}
+        self.events: list[tuple[str, Any]] = []
+
+    def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
+        self.events.append((event, data))
+
+    def queue_updated(self) -> None:
+        pass
+
+
+class ComfyUISession:
+    """ComfyUI running in this process with the Bonsai pack loaded through the custom-node loader."""
+
+    def __init__(self, root: Path, models_dir: Path) -> None:
+        self.root = root
+        self.version = comfyui_version(root)
+        self.models_dir = models_dir
+        self.server = _Server()
+        self.captured: dict[str, Any] = {}
+        self.progress: list[tuple[int, int, str | None]] = []
+        self._boot()
+
+    # -- startup ---------------------------------------------------------------------------
+
+    def _boot(self) -> None:
+        root = str(self.root)
+        # ComfyUI's top-level modules (nodes, execution, folder_paths, ...) must win over this
+        # repository's own nodes/ package, which is on sys.path when pytest runs from the repo.
+        if sys.path[0] != root:
+            sys.path.insert(0, root)
+        stale = sys.modules.get("nodes")
+        if stale is not None and not str(getattr(stale, "__file__", "")).startswith(root):
+            for name in [n for n in sys.modules if n == "nodes" or n.startswith("nodes.")]:
+                del sys.modules[name]
+        sys.argv = ["main.py", "--cpu"]
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.model_management  # noqa: F401  (parses args, picks the CPU)
+        import comfy.utils
+        import execution
+        import folder_paths
+
+        import nodes
+
+        self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        comfy.utils.set_progress_bar_global_hook(self._progress_hook)
+        # Test models live in a temporary folder, first in the search list.
+        for kind in ("diffusion_models", "text_encoders", "vae", "loras", "bonsai"):
+            d = self.models_dir / kind
+            d.mkdir(parents=True, exist_ok=True)
+            folder_paths.add_model_folder_path(kind, str(d), is_default=True)
+        folder_paths.set_output_directory(str(self.models_dir / "output"))
+        folder_paths.set_temp_directory(str(self.models_dir / "temp"))
+        nodes.NODE_CLASS_MAPPINGS["BonsaiTestCapture"] = _make_capture_node(self.captured)
+        self.pack_path = self._link_pack()
+        before = set(nodes.NODE_CLASS_MAPPINGS)
+        ok = asyncio.run(nodes.load_custom_node(str(self.pack_path)))
+        if not ok:
+            raise RuntimeError(f"ComfyUI's custom-node loader could not load {self.pack_path} (see the log above)")
+        self.pack_nodes = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
+        self.pack_module = sys.modules[str(self.pack_path).replace(".", "_x_")]
+        self.executor = execution.PromptExecutor(
+            self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0}
+        )
+
+    def _link_pack(self) -> Path:
+        link = self.root / "custom_nodes" / PACK_DIR_NAME
+        if link.is_symlink() or link.exists():
+            if link.resolve() != REPO:
+                raise RuntimeError(f"{link} exists and is not a link to {REPO}; move it away to run the ComfyUI tests")
+        else:
+            link.symlink_to(REPO, target_is_directory=True)
+        return link
+
+    def _progress_hook(self, value: int, total: int, preview: Any, prompt_id: str | None = None, node_id: str | None = None) -> None:
+        # What main.py's hijack_progress does, minus the websocket: record, then honour interrupts.
+        import comfy.model_management
+        from comfy_execution.utils import get_executing_context
+
+        ctx = get_executing_context()
+        if node_id is None and ctx is not None:
+            node_id = ctx.node_id
+        self.progress.append((value, total, node_id))
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    # -- access to the loaded pack ---------------------------------------------------------
+
+    def pack(self, submodule: str) -> ModuleType:
+        """A module of the pack as ComfyUI imported it, e.g. ``pack("nodes.ops")``."""
+        import importlib
+
+        return importlib.import_module(f"{self.pack_module.__name__}.{submodule}")
+
+    def node_class(self, node_id: str) -> Any:
+        return self.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+    # -- running prompts -------------------------------------------------------------------
+
+    def run(self, prompt: dict[str, Any], *, fresh_cache: bool = True) -> PromptResult:
+        """Validate and execute an API-format prompt; ``fresh_cache`` drops cached node outputs first."""
+        if fresh_cache:
+            self.executor.reset()
+        self.captured.clear()
+        self.progress.clear()
+        prompt_id = str(uuid.uuid4())
+        self.server.last_prompt_id = prompt_id
+        valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
+        if not valid:
+            return PromptResult(prompt_id, False, error, node_errors, False)
+        asyncio.run(self.executor.execute_async(prompt, prompt_id, {}, outputs))
+        return PromptResult(
+            prompt_id, True, None, node_errors, self.executor.success, list(self.executor.status_messages), dict(self.captured)
+        )
+
+
+def _make_capture_node(store: dict[str, Any]) -> type:
+    class BonsaiTestCapture:
+        """Test-only output node: keeps its input under ``label`` in the session's ``captured``."""
+
+        @classmethod
+        def INPUT_TYPES(cls) -> dict[str, Any]:
+            return {"required": {"value": ("*", {}), "label": ("STRING", {"default": "out"})}}
+
+        RETURN_TYPES = ()
+        FUNCTION = "capture"
+        OUTPUT_NODE = True
+        CATEGORY = "testing"
+
+        def capture(self, value: Any, label: str) -> dict[str, Any]:
+            store[label] = value
+            return {}
+
+    return BonsaiTestCapture
+
+
+_SESSION: ComfyUISession | None = None
+_STATUS: dict[str, Any] = {}
+
+
+def session_status() -> dict[str, Any]:
+    """Whether ComfyUI started in this test session, its version and path (for the status file)."""
+    return dict(_STATUS)
+
+
+def start_comfyui(models_dir: Path) -> ComfyUISession:
+    """The process-wide ComfyUI session (started on first use). Raises ``pytest.skip`` when absent."""
+    global _SESSION
+    if _SESSION is not None:
+        return _SESSION
+    root, how = find_comfyui()
+    if root is None:
+        _STATUS.update(ran=False, reason=f"{how}; {ENABLE_HINT}")
+        pytest.skip(f"ComfyUI integration tests SKIPPED: {how}. To run them: {ENABLE_HINT}")
+    _STATUS.update(path=str(root), version=comfyui_version(root), found_by=how)
+    _SESSION = ComfyUISession(root, models_dir)
+    _STATUS.update(ran=True)
+    return _SESSION
+
+
+@pytest.fixture(scope="session")
+def comfy_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary models root the ComfyUI session searches first (``diffusion_models/``, ``bonsai/``, ...)."""
+    return tmp_path_factory.mktemp("comfy_models")
+
+
+@pytest.fixture(scope="session")
+def comfyui(comfy_models: Path) -> ComfyUISession:
+    """ComfyUI started in-process with the pack loaded; skips loudly when ComfyUI is absent."""
+    return start_comfyui(comfy_models)
