@@ -1,0 +1,174 @@
+"""Exact fast path: one Triton kernel unpacks canonical codes + g128 scales straight into a
+reused dense scratch ``[N, K]`` in the compute dtype, then cuBLAS does ``x @ W.T``.
+
+Why: at Klein's token counts (M = 1.5k-18k) the matmul is compute-bound, so weight-only
+low-bit GEMMs lose to cuBLAS (peers.md "Measured on an H100"). Writing the dense weight once
+per call costs ~2 bytes/weight of bandwidth (~60 us for the largest layer on an H100), far less
+than what a slower GEMM loses. Only one scratch exists per (device, dtype), sized to the largest
+layer seen, shared by every layer: resident memory stays packed.
+
+The result is bit-exact with :func:`bonsai_core.packing.dequantize` in the same dtype:
+values are ``{-1, 0, +1}``, the scale is rounded to the compute dtype first (as ``.to(dtype)``
+does), and the product of the two is exact.
+"""
+
+# No ``from __future__ import annotations``: triton (its interpreter in particular) needs the
+# real ``tl.constexpr`` objects in kernel signatures, not strings.
+import logging
+import os
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+try:  # optional: the module must import without triton (the backend then reports unavailable)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    tl = SimpleNamespace(constexpr=int)  # lets the kernel signatures below be evaluated
+
+from ..klein import GROUP_SIZE
+from ..packing import STEP, dequantize
+from .base import BackendUnavailable, LowBitBackend
+
+log = logging.getLogger(__name__)
+
+# Rows of W per program. 128 K-columns (one group) per program keeps one scale per row.
+_BLOCK_N = 32
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def interpreting() -> bool:
+    """Triton's CPU interpreter (``TRITON_INTERPRET=1``): lets CI check the kernels bit-exactly."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _dequant_kernel_src(
+    codes_ptr, scales_ptr, out_ptr, N, codes_stride, scales_stride, out_stride,
+    BITS: tl.constexpr, STEP_V: tl.constexpr, BLOCK_N: tl.constexpr, OUT_FP8: tl.constexpr, ROUND_BF16: tl.constexpr,
+):  # fmt: skip
+    # Plain function, wrapped by triton.jit in _kernels(): the interpreter mode
+    # (TRITON_INTERPRET) is read when a function is wrapped, so tests can switch it.
+    E: tl.constexpr = 8 // BITS
+    KB: tl.constexpr = 128 // E  # packed bytes per 128-group
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols_b = tl.arange(0, KB)
+    byte = tl.load(codes_ptr + rows[:, None] * codes_stride + (g * KB + cols_b)[None, :], mask=rmask[:, None], other=0)
+    shifts = tl.arange(0, E) * BITS
+    q3 = (byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK
+    q = tl.reshape(q3, (BLOCK_N, 128))  # element (n, b, e) is k = b * E + e: LSB-first
+    cols = g * 128 + tl.arange(0, 128)
+    if OUT_FP8:
+        # e4m3 bit patterns of -1 (0xB8), 0 (0x00), +1 (0x38); scales are applied by the GEMM.
+        if BITS == 1:
+            bits8 = tl.where(q == 0, 0xB8, 0x38)
+        else:
+            bits8 = tl.where(q == 0, 0xB8, tl.where(q == 1, 0x00, 0x38))
+        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], bits8.to(tl.uint8), mask=rmask[:, None])
+    else:
+        s = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
+        if ROUND_BF16:
+            # Round the scale to bf16 first, exactly like dequantize()'s scales.to(bf16): explicit
+            # round-to-nearest-even on the fp32 bits (the interpreter's own cast truncates).
+            u = s.to(tl.uint32, bitcast=True)
+            u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+            s = u.to(tl.float32, bitcast=True)
+        v = q.to(tl.float32) * STEP_V - 1.0
+        w = (v * s[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], w, mask=rmask[:, None])
+
+
+@lru_cache(maxsize=2)
+def _kernels(interpret: bool) -> Any:
+    # keyed on the interpreter flag, which triton reads when a function is wrapped
+    return triton.jit(_dequant_kernel_src, do_not_specialize=["N"])
+
+
+def unpack_into(codes: torch.Tensor, scales: torch.Tensor, bits: int, out: torch.Tensor, *, fp8_values: bool = False) -> torch.Tensor:
+    """Write the dense weight ``[N, K]`` into ``out`` (float dtype), or with ``fp8_values`` the
+    unscaled e4m3 values ``{-1, 0, +1}`` as a uint8 view. Returns ``out``."""
+    n = codes.shape[0]
+    k = scales.shape[1] * GROUP_SIZE
+    if codes.shape[1] * (8 // bits) != k or out.shape != (n, k):
+        raise ValueError(f"codes {list(codes.shape)} / scales {list(scales.shape)} / out {list(out.shape)} disagree at {bits} bit")
+    round_bf16 = False
+    if not fp8_values and scales.dtype != out.dtype and out.dtype != torch.float32:
+        if out.dtype == torch.bfloat16:
+            round_bf16 = True
+        else:  # fp16 output from bf16/fp32 scales (old GPUs): round with torch, tiny tensor
+            scales = scales.to(out.dtype)
+    kern = _kernels(interpreting())
+    grid = (triton.cdiv(n, _BLOCK_N), k // GROUP_SIZE)
+    kern[grid](
+        codes, scales, out, n, codes.stride(0), scales.stride(0), out.stride(0),
+        BITS=bits, STEP_V=float(STEP[bits]), BLOCK_N=_BLOCK_N, OUT_FP8=fp8_values, ROUND_BF16=round_bf16, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+class Scratch:
+    """One flat buffer per (device, dtype), grown to the largest layer; views are handed out.
+
+    All layers share it because a transformer runs its linears one after another on one stream;
+    the buffer is reused only after the consuming matmul was enqueued behind the same stream.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype, shape: tuple[int, int]) -> torch.Tensor:
+        key = (str(device), dtype)
+        numel = shape[0] * shape[1]
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < numel:
+            self._bufs.pop(key, None)  # free the old one before allocating the larger one
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._bufs[key] = buf
+            log.debug("dequant scratch for %s %s grown to %d elements", device, dtype, numel)
+        return buf[:numel].view(shape)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+SCRATCH = Scratch()
+
+
+class TritonDequantBackend(LowBitBackend):
+    """Fused unpack+scale into the shared scratch, then ``F.linear`` (cuBLAS). Exact."""
+
+    name = "triton_dequant"
+
+    def check(self, device: torch.device, dtype: torch.dtype, bits: int) -> None:
+        if bits not in STEP:
+            raise BackendUnavailable(f"triton_dequant: bits must be 1 or 2, got {bits}")
+        if device.type == "cuda":
+            if not triton_available():
+                raise BackendUnavailable(
+                    "triton_dequant: triton is not installed (pip install triton); the 'torch' backend works without it"
+                )
+            return
+        if device.type == "cpu" and interpreting() and triton_available():
+            return
+        raise BackendUnavailable(f"triton_dequant: needs a CUDA device, got {device.type}")
+
+    def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
+        n, k = codes.shape[0], scales.shape[1] * GROUP_SIZE
+        if not triton_available():
+            # pure-torch fallback (same formula, one dense temporary)
+            return torch.nn.functional.linear(x2d, dequantize(codes, scales, bits, dtype=x2d.dtype))
+        w = SCRATCH.get(x2d.device, x2d.dtype, (n, k))
+        unpack_into(codes, scales, bits, w)
+        return torch.nn.functional.linear(x2d, w)
