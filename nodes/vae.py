@@ -47,7 +47,7 @@ def ensure_bonsai_folder() -> list[str]:
     return folder_paths.get_folder_paths(BONSAI_FOLDER)
 
 
-def _is_vae_dir(path: Path) -> bool:
+def is_vae_dir(path: Path) -> bool:
     return (path / VAE_CONFIG_NAME).is_file() and (path / VAE_WEIGHTS_NAME).is_file()
 
 
@@ -67,7 +67,7 @@ def list_vae_folders() -> list[str]:
             if depth >= _LIST_DEPTH:
                 dirnames.clear()
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            if depth and _is_vae_dir(here):
+            if depth and is_vae_dir(here):
                 found.add(here.relative_to(base).as_posix())
                 dirnames.clear()  # a VAE folder holds no further VAEs
     return sorted(found)
@@ -81,7 +81,7 @@ def resolve_vae_folder(name: str) -> Path:
     candidates = [Path(name)] if os.path.isabs(name) else [Path(root) / name for root in ensure_bonsai_folder()]
     for cand in candidates:
         for folder in (cand, cand / VAE_SUBDIR):
-            if _is_vae_dir(folder):
+            if is_vae_dir(folder):
                 return folder
     where = ", ".join(str(c) for c in candidates) or "(no bonsai model folder)"
     raise FileNotFoundError(f"no FLUX.2 VAE folder '{name}' ({VAE_CONFIG_NAME} + {VAE_WEIGHTS_NAME}) in {where}")
@@ -145,7 +145,9 @@ def load_flux2_vae(vae_dir: str | os.PathLike[str]) -> comfy.sd.VAE:
     vae.throw_exception_if_invalid()
     if vae.latent_channels != FLUX2_LATENT_CHANNELS or vae.downscale_ratio != FLUX2_DOWNSCALE:
         raise BonsaiFormatError(
-            weights, None, f"ComfyUI built a VAE with {vae.latent_channels} latent channels / {vae.downscale_ratio}x, expected FLUX.2's 128 / 16x"
+            weights,
+            None,
+            f"ComfyUI built a VAE with {vae.latent_channels} latent channels / {vae.downscale_ratio}x, expected FLUX.2's 128 / 16x",
         )
     # Same reload factory the stock VAELoader registers, so multi-GPU deep clones work for this VAE too.
     vae.patcher.cached_patcher_init = (comfy.sd.load_vae_patcher, (str(weights), metadata, None))

@@ -1,0 +1,123 @@
+"""``BonsaiPipelineLoader``: one released Bonsai snapshot folder -> MODEL, CLIP, VAE.
+
+A downloaded release (``models/bonsai/<repo-name>/``) holds everything a FLUX.2 Klein graph
+needs: the packed transformer (``transformer-gemlite-int*/``, ``transformer-packed-mflux/`` or
+``transformer/``), the 4-bit Qwen3 text encoder (``text_encoder-hqq-4bit/`` or
+``text_encoder-mlx-4bit/``) and the FLUX.2 VAE (``vae/``). This node calls the three loaders'
+own functions on that folder, so the outputs are exactly what the separate loader nodes give:
+stock MODEL / CLIP / VAE for CLIPTextEncode, CFGGuider, SamplerCustomAdvanced, VAEDecode, LoRA.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import comfy.model_patcher
+import comfy.sd
+from comfy_api.latest import io
+
+from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.te_formats import resolve_te_folder
+from . import model_loader, text_encoder, vae
+
+log = logging.getLogger("bonsai_image.pipeline")
+
+
+def find_text_encoder(folder: Path) -> Path | None:
+    """The snapshot's 4-bit text encoder folder (``text_encoder-*-4bit/``), or None."""
+    try:
+        te = resolve_te_folder(folder)
+    except BonsaiFormatError:
+        return None
+    return te if te != folder else None  # a bare TE folder is not a snapshot
+
+
+def _is_pipeline_snapshot(folder: Path) -> bool:
+    """A snapshot the pipeline can load: a transformer pack (model loader lists it) plus a VAE and a text encoder."""
+    return vae.is_vae_dir(folder / vae.VAE_SUBDIR) and find_text_encoder(folder) is not None
+
+
+def list_snapshots() -> list[str]:
+    """Snapshot folders (model loader names, ending with ``/``) that hold a transformer, a text encoder and a VAE."""
+    out = []
+    for name in model_loader.snapshot_folders():
+        try:
+            if _is_pipeline_snapshot(model_loader.resolve_model(name)):
+                out.append(name)
+        except (BonsaiFormatError, OSError):
+            continue
+    return out
+
+
+def load_pipeline(
+    snapshot: str | Path, backend: str = "auto", compute_dtype: str = "default"
+) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE]:
+    """MODEL, CLIP and VAE from one snapshot folder (a combo name from :func:`list_snapshots` or a path)."""
+    folder = Path(snapshot) if Path(snapshot).is_absolute() else model_loader.resolve_model(str(snapshot))
+    if not folder.is_dir():
+        raise BonsaiFormatError(folder, None, "not a snapshot folder")
+    vae_dir = folder / vae.VAE_SUBDIR
+    if not vae.is_vae_dir(vae_dir):
+        raise BonsaiFormatError(vae_dir, None, f"the snapshot has no FLUX.2 VAE ({vae.VAE_CONFIG_NAME} + {vae.VAE_WEIGHTS_NAME})")
+    te_dir = find_text_encoder(folder)
+    if te_dir is None:
+        raise BonsaiFormatError(
+            folder, None, "the snapshot has no 4-bit text encoder folder (text_encoder-hqq-4bit/ or text_encoder-mlx-4bit/)"
+        )
+    model = model_loader.load_bonsai_model(folder, backend, compute_dtype)
+    clip = text_encoder.load_packed_clip(te_dir)
+    vae_obj = vae.load_flux2_vae(vae_dir)
+    log.info("Bonsai pipeline loaded from %s (text encoder %s)", folder, te_dir.name)
+    return model, clip, vae_obj
+
+
+class BonsaiPipelineLoader(io.ComfyNode):
+    """The whole release in one node."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BonsaiPipelineLoader",
+            display_name="Load Bonsai Pipeline (snapshot folder)",
+            category="Bonsai Image",
+            description="Loads a downloaded Bonsai Image release folder (models/bonsai/<repo>/) as MODEL, CLIP and VAE.",
+            search_aliases=["bonsai", "flux2 klein", "checkpoint loader", "pipeline"],
+            inputs=[
+                io.Combo.Input(
+                    "snapshot",
+                    options=list_snapshots(),
+                    tooltip="A release folder under models/bonsai with transformer, text encoder and vae.",
+                ),
+                io.Combo.Input(
+                    "backend",
+                    options=model_loader.backend_choices(),
+                    default="auto",
+                    tooltip="Low-bit matmul backend; auto picks the fastest that runs here.",
+                ),
+                io.Combo.Input(
+                    "compute_dtype",
+                    options=list(model_loader.COMPUTE_DTYPES),
+                    default="default",
+                    tooltip="Activation dtype of the transformer.",
+                ),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, snapshot: str, backend: str, compute_dtype: str) -> Any:
+        # A re-downloaded snapshot under the same name must reload.
+        try:
+            st = model_loader.resolve_model(snapshot).stat()
+        except (BonsaiFormatError, OSError):
+            return None
+        return (snapshot, st.st_mtime_ns, backend, compute_dtype)
+
+    @classmethod
+    def execute(cls, snapshot: str, backend: str, compute_dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(*load_pipeline(snapshot, backend, compute_dtype))
+
+
+NODES: list[type[io.ComfyNode]] = [BonsaiPipelineLoader]
