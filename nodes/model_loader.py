@@ -36,6 +36,7 @@ from ..bonsai_core.canonical import is_canonical, load_canonical, scale_key
 from ..bonsai_core.checkpoint import BonsaiCheckpoint
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.packing import PackedWeight
+from .lora import install_lora_support
 from .ops import BonsaiOps, bonsai_linears, make_bonsai_ops
 
 log = logging.getLogger("bonsai_image.loader")
@@ -274,6 +275,7 @@ def load_bonsai_model(
             path, None, "ComfyUI did not recognise the tensors as a FLUX.2 transformer (img_in/txt_in/double_stream_modulation_img)"
         )
     _check_loaded(path, patcher, len(ckpt.packed_shapes))
+    install_lora_support(patcher)  # stock LoraLoader patches become unmerged branches (nodes/lora.py); clones inherit it
     patcher.cached_patcher_init = (load_bonsai_model, (str(path), backend, compute_dtype))
     log.info(
         "Bonsai %s model loaded from %s: %d packed linears, %.1f MB resident, compute %s, backend %s",

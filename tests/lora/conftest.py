@@ -1,24 +1,25 @@
-"""Fixtures for the LoRA tests (see lora_env.py)."""
+"""Fixtures for the LoRA tests: the shared in-process ComfyUI harness (tests/comfyui_env.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-from lora_env import comfyui_available, import_comfyui, import_pack
+from lora_env import ComfyUISession, comfy_models, comfyui, import_comfy_early  # noqa: F401  (pytest fixtures)
 
-# Import ComfyUI (with --cpu) before pytest imports the repository root's __init__.py (the pack's
-# entry point, which needs ComfyUI) while setting up the package around these tests.
-if comfyui_available():
-    import_comfyui()
+import_comfy_early()
 
 
 @pytest.fixture(scope="session")
-def comfy_path() -> Path:
-    return import_comfyui()
+def lora_mod(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+    return comfyui.pack("nodes.lora")
 
 
 @pytest.fixture(scope="session")
-def lora_mod(comfy_path: Path) -> ModuleType:
-    return import_pack("nodes.lora")
+def lowrank(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+    return comfyui.pack("bonsai_core.lowrank")
+
+
+@pytest.fixture(scope="session")
+def ops(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+    return comfyui.pack("nodes.ops")

@@ -12,7 +12,6 @@ import logging
 
 import pytest
 import torch
-from lora_env import import_pack
 from lora_fixtures import (
     bfl_names,
     diffusers_names,
@@ -49,10 +48,9 @@ def load_with_stock_keymap(patcher, lora: dict[str, torch.Tensor], strength: flo
     return patched
 
 
-def assert_branches_match_merge(lora_mod, patched, keys: set[str]) -> None:
+def assert_branches_match_merge(lora_mod, lowrank, patched, keys: set[str]) -> None:
     import comfy.lora
 
-    lowrank = import_pack("bonsai_core.lowrank")
     sd = patched.model.state_dict()
     g = torch.Generator().manual_seed(7)
     assert keys, "no packed layer was patched"
@@ -87,12 +85,12 @@ FORMATS = {
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_format_matches_stock_merge(fmt, lora_mod, dense_patcher, caplog):
+def test_format_matches_stock_merge(fmt, lora_mod, lowrank, dense_patcher, caplog):
     names, style, alpha = FORMATS[fmt]
     lora = lora_tensors(names, style, rank=4, seed=11, alpha=alpha)
     patched = load_with_stock_keymap(dense_patcher, lora, 0.8, caplog)
     keys = set(patched.patches) & set(QKEYS)
-    assert_branches_match_merge(lora_mod, patched, keys)
+    assert_branches_match_merge(lora_mod, lowrank, patched, keys)
 
 
 def test_diffusers_covers_every_packed_layer(lora_mod, dense_patcher, caplog):
@@ -107,14 +105,14 @@ def test_diffusers_covers_every_packed_layer(lora_mod, dense_patcher, caplog):
     assert sorted((b.offset, b.up.shape[0]) for b in branches) == [(0, h), (h, h), (2 * h, h)]
 
 
-def test_stacked_loras_and_strengths(lora_mod, dense_patcher, caplog):
+def test_stacked_loras_and_strengths(lora_mod, lowrank, dense_patcher, caplog):
     """Two LoRAs of different formats on the same layers, each with its own strength, in order."""
     a = lora_tensors(bfl_names(), "AB", seed=5)
     b = lora_tensors(diffusers_names(), "updown", seed=6, alpha=2.0)
     p1 = load_with_stock_keymap(dense_patcher, a, 0.7, caplog)
     p2 = load_with_stock_keymap(p1, b, -1.3, caplog)
     assert all(len(p2.patches[k]) >= 2 for k in QKEYS)
-    assert_branches_match_merge(lora_mod, p2, set(QKEYS))
+    assert_branches_match_merge(lora_mod, lowrank, p2, set(QKEYS))
 
 
 def test_loha_is_low_rank_not_dense(lora_mod, dense_patcher, caplog):
@@ -127,11 +125,10 @@ def test_loha_is_low_rank_not_dense(lora_mod, dense_patcher, caplog):
     assert b.down.shape == (9, k) and b.up.shape == (n, 9)
 
 
-def test_strength_model_scales_the_base(lora_mod, dense_patcher):
+def test_strength_model_scales_the_base(lora_mod, lowrank, dense_patcher):
     """add_patches(strength_model != 1) (model-merge / attention-multiply nodes) scales the slice first."""
     import comfy.lora
 
-    lowrank = import_pack("bonsai_core.lowrank")
     key = "diffusion_model.double_blocks.0.txt_attn.qkv.weight"
     n, k = QKEYS[key]
     h = n // 3
