@@ -21,16 +21,16 @@ from ..atomic import atomic_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
-from ..packing import MAX_CODE, STEP, PackedWeight, compact_scales, unpack_codes
+from ..packing import STEP, PackedWeight, compact_scales
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
     check_expected_variant,
     check_quantized_fqns,
     diffusers_to_bfl,
-    first_mismatch,
     guess_source_repo,
     load_transformer_config,
+    packed_from_affine,
     quant_json_bits,
     quantization_config,
     read_json,
@@ -135,30 +135,7 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
         return -modules[mod]["zeros"].float().t()
 
     def load_module(mod: str) -> PackedWeight:
-        p = modules[mod]
-        s = s_of(mod)  # [N, G]
-        sc = p["scales"].float().t()
-        if not torch.equal(sc, s * STEP[bits]):
-            n, g = first_mismatch(sc, s * STEP[bits])
-            rel = "2 * (-zeros)" if bits == 1 else "-zeros"
-            raise BonsaiFormatError(
-                sd_path,
-                f"{mod}.scales",
-                f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {(s * STEP[bits])[n, g].item()}; not a Bonsai {found_variant} pack",
-            )
-        if "meta_scale" in p:
-            ms = p["meta_scale"]
-            if not ms.is_floating_point() or not bool((ms.float() == 1).all()):
-                raise BonsaiFormatError(
-                    sd_path, f"{mod}.meta_scale", "is not neutral (all 1.0); a scaled gemlite 0.6 layer is not a Bonsai layout"
-                )
-        codes = p["W_q"].t().contiguous().view(torch.uint8)
-        if bits == 2:
-            bad = unpack_codes(codes, 2) > MAX_CODE[2]
-            if bool(bad.any()):
-                n, k = first_mismatch(bad, torch.zeros_like(bad))
-                raise BonsaiFormatError(sd_path, f"{mod}.W_q", f"code 3 at row {n}, input {k}: ternary codes are 0, 1, 2 only")
-        return PackedWeight(codes, compact_scales(s.contiguous()), bits)
+        return packed_from_gemlite(sd_path, mod, modules[mod], bits)
 
     qmap = bfl_quantized_layers(cfg)
 
@@ -175,6 +152,38 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
         bytes_on_disk=sd_path.stat().st_size,
         scale_dtypes=LazyScaleDtypes(list(qmap), scale_dtype),
     )
+
+
+def packed_from_gemlite(path: Path, mod: str, p: dict[str, torch.Tensor], bits: int) -> PackedWeight:
+    """One gemlite layer (its leaf tensors) as canonical codes + scales, relations verified."""
+    if "meta_scale" in p:
+        ms = p["meta_scale"]
+        if not ms.is_floating_point() or not bool((ms.float() == 1).all()):
+            raise BonsaiFormatError(
+                path, f"{mod}.meta_scale", "is not neutral (all 1.0); a scaled gemlite 0.6 layer is not a Bonsai layout"
+            )
+    # W_q [K*bits/w, N] of w-bit words: transposed, each row's words viewed as bytes are LSB-first along K
+    codes = p["W_q"].t().contiguous().view(torch.uint8)
+    return packed_from_affine(path, mod, codes, p["scales"].t(), p["zeros"].t(), bits, ("W_q", "scales", "zeros"))
+
+
+def gemlite_layer(p: PackedWeight, *, gemlite_version: str = "0.5") -> dict[str, torch.Tensor]:
+    """The leaf tensors gemlite's ``GemLiteLinearTriton.pack`` (packing_bitwidth 8, fma mode) stores."""
+    bits = p.bits
+    s = p.scales.float().t().contiguous()
+    out = {
+        "W_q": p.codes.t().contiguous(),
+        "scales": s * STEP[bits],
+        "zeros": -s,
+        "metadata": torch.tensor(
+            [0, bits, GROUP_SIZE, (1 << bits) - 1, 8 // bits, DTYPE_FP16, DTYPE_FP16, DTYPE_FP32, DTYPE_FP32, 0, W_GROUP_MODE_FMA, 1],
+            dtype=torch.int32,
+        ),
+        "orig_shape": torch.tensor(list(p.shape), dtype=torch.int32),
+    }
+    if gemlite_version.startswith("0.6"):
+        out["meta_scale"] = torch.ones((), dtype=torch.float32)
+    return out
 
 
 def _check_layout(path: Path, mod: str, p: dict[str, torch.Tensor], bits: int, pbw: int) -> None:
@@ -221,19 +230,9 @@ def write_gemlite(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], *, gemlit
     sd: dict[str, torch.Tensor] = {}
     for key in view.dense:
         sd[key] = view.dense_tensor(key).clone()  # clone: never pickle a view of a whole mmap
-    for mod, (n, k) in view.modules.items():
-        p = view.packed(mod)
-        s = p.scales.float().t().contiguous()
-        sd[f"{mod}.W_q"] = p.codes.t().contiguous()
-        sd[f"{mod}.scales"] = s * STEP[bits]
-        sd[f"{mod}.zeros"] = -s
-        sd[f"{mod}.metadata"] = torch.tensor(
-            [0, bits, GROUP_SIZE, (1 << bits) - 1, 8 // bits, DTYPE_FP16, DTYPE_FP16, DTYPE_FP32, DTYPE_FP32, 0, W_GROUP_MODE_FMA, 1],
-            dtype=torch.int32,
-        )
-        sd[f"{mod}.orig_shape"] = torch.tensor([n, k], dtype=torch.int32)
-        if gemlite_version.startswith("0.6"):
-            sd[f"{mod}.meta_scale"] = torch.ones((), dtype=torch.float32)
+    for mod in view.modules:
+        for leaf, t in gemlite_layer(view.packed(mod), gemlite_version=gemlite_version).items():
+            sd[f"{mod}.{leaf}"] = t
     fmt = "gemlite-int2-ternary-g128" if bits == 2 else "gemlite-int1-g128"
     qcfg = quantization_config(fmt, bits, ckpt.meta.config, packing_bitwidth=8, input_dtype="float16", output_dtype="float16")
     target = out / sub if sub else out  # only the pack folder is replaced, never the snapshot root

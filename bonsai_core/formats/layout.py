@@ -25,7 +25,7 @@ from ..klein import (
     diffusers_quantized_linears,
     swap_halves,
 )
-from ..packing import BITS_VARIANT, VARIANT_BITS, PackedWeight, compact_scales
+from ..packing import BITS_VARIANT, MAX_CODE, STEP, VARIANT_BITS, PackedWeight, compact_scales, unpack_codes
 
 SOLVER = {1: "binary", 2: "ternary"}
 
@@ -299,3 +299,39 @@ def bfl_expected_shapes(cfg: KleinConfig) -> tuple[dict[str, tuple[int, int]], d
     q = {bk: (sum(d[m][0] for m in mods), d[mods[0]][1]) for bk, mods in bfl_quantized_layers(cfg).items()}
     dd = diffusers_dense_tensors(cfg)
     return q, {bk: dd[dk] for bk, dk in bfl_dense_tensors(cfg).items()}
+
+
+def packed_from_affine(
+    path: str | os.PathLike[str],
+    module: str,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    offsets: torch.Tensor,
+    bits: int,
+    names: tuple[str, str, str],
+) -> PackedWeight:
+    """Canonical codes from an affine pack ``W = q * scale + offset`` (gemlite mode 4, MLX).
+
+    Bonsai writes offset = -s and scale = STEP[bits] * s (binary 2s, ternary s); both relations
+    are checked exactly, and ternary codes must never be 3. ``codes`` uint8 [N, K*bits/8],
+    ``scales``/``offsets`` [N, K/128]; ``names`` = (codes, scales, offsets) leaf names for errors.
+    """
+    s = -offsets.float()
+    sc = scales.float()
+    if not torch.equal(sc, s * STEP[bits]):
+        n, g = first_mismatch(sc, s * STEP[bits])
+        rel = f"2 * (-{names[2]})" if bits == 1 else f"-{names[2]}"
+        raise BonsaiFormatError(
+            path,
+            f"{module}.{names[1]}",
+            f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {(s * STEP[bits])[n, g].item()}; not a Bonsai {SOLVER[bits]} pack",
+        )
+    if bits == 2:
+        bad = unpack_codes(codes, 2) > MAX_CODE[2]
+        if bool(bad.any()):
+            n, k = first_mismatch(bad, torch.zeros_like(bad))
+            raise BonsaiFormatError(path, f"{module}.{names[0]}", f"code 3 at row {n}, input {k}: ternary codes are 0, 1, 2 only")
+    try:
+        return PackedWeight(codes, compact_scales(s.contiguous()), bits)
+    except ValueError as e:
+        raise BonsaiFormatError(path, f"{module}.{names[0]}", str(e)) from e

@@ -18,7 +18,7 @@ from ..atomic import atomic_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
-from ..packing import MAX_CODE, STEP, PackedWeight, compact_scales, unpack_codes
+from ..packing import STEP, PackedWeight, compact_scales
 from ..safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
 from .layout import (
     DiffusersView,
@@ -26,9 +26,9 @@ from .layout import (
     check_expected_variant,
     check_quantized_fqns,
     diffusers_to_bfl,
-    first_mismatch,
     guess_source_repo,
     load_transformer_config,
+    packed_from_affine,
     quant_json_bits,
     quantization_config,
     read_json,
@@ -110,23 +110,7 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None) -> Bonsai
         return -r.get(f"{mod}.biases").float()
 
     def load_module(mod: str) -> PackedWeight:
-        s = s_of(mod)
-        sc = r.get(f"{mod}.scales").float()
-        if not torch.equal(sc, s * STEP[bits]):
-            n, g = first_mismatch(sc, s * STEP[bits])
-            rel = "2 * (-biases)" if bits == 1 else "-biases"
-            raise BonsaiFormatError(
-                f,
-                f"{mod}.scales",
-                f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {(s * STEP[bits])[n, g].item()}; not a Bonsai {found_variant} pack",
-            )
-        codes = r.get(f"{mod}.weight").contiguous().view(torch.uint8)  # little-endian words -> LSB-first bytes
-        if bits == 2:
-            bad = unpack_codes(codes, 2) > MAX_CODE[2]
-            if bool(bad.any()):
-                n, k = first_mismatch(bad, torch.zeros_like(bad))
-                raise BonsaiFormatError(f, f"{mod}.weight", f"code 3 at row {n}, input {k}: ternary codes are 0, 1, 2 only")
-        return PackedWeight(codes, compact_scales(s), bits)
+        return packed_from_mlx(f, mod, r.get(f"{mod}.weight"), r.get(f"{mod}.scales"), r.get(f"{mod}.biases"), bits)
 
     qmap = bfl_quantized_layers(cfg)
 
@@ -144,6 +128,22 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None) -> Bonsai
         bytes_on_disk=f.stat().st_size,
         scale_dtypes=LazyScaleDtypes(list(qmap), scale_dtype),
     )
+
+
+def packed_from_mlx(path: Path, mod: str, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int) -> PackedWeight:
+    """One MLX layer as canonical codes + scales, relations verified."""
+    codes = weight.contiguous().view(torch.uint8)  # little-endian uint32 words -> LSB-first bytes along K
+    return packed_from_affine(path, mod, codes, scales, biases, bits, ("weight", "scales", "biases"))
+
+
+def mlx_layer(p: PackedWeight, path: Path | str = "?", mod: str = "?") -> dict[str, torch.Tensor]:
+    """``weight`` uint32 [N, K*bits/32], ``scales``/``biases`` bf16 [N, K/128] (what ``mx.quantize`` stores)."""
+    s = p.scales.float()
+    return {
+        "weight": p.codes.contiguous().view(torch.uint32),
+        "scales": _bf16_exact(path, f"{mod}.scales", s * STEP[p.bits]),
+        "biases": _bf16_exact(path, f"{mod}.scales", -s),
+    }
 
 
 def _st_dtype(name: str) -> torch.dtype:
@@ -168,24 +168,9 @@ def write_mlx(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str]) -> Path:
         specs.append(TensorSpec(key, dtype, tuple(shape), lambda k=key: view.dense_tensor(k)))
     for mod, (n, k) in view.modules.items():
         g = k // GROUP_SIZE
-        specs.append(
-            TensorSpec(
-                f"{mod}.weight", torch.uint32, (n, k * bits // 32), lambda m=mod: view.packed(m).codes.contiguous().view(torch.uint32)
-            )
-        )
-        specs.append(
-            TensorSpec(
-                f"{mod}.scales",
-                torch.bfloat16,
-                (n, g),
-                lambda m=mod: _bf16_exact(out, f"{m}.scales", view.packed(m).scales.float() * STEP[bits]),
-            )
-        )
-        specs.append(
-            TensorSpec(
-                f"{mod}.biases", torch.bfloat16, (n, g), lambda m=mod: _bf16_exact(out, f"{m}.scales", -view.packed(m).scales.float())
-            )
-        )
+        shapes = {"weight": (torch.uint32, (n, k * bits // 32)), "scales": (torch.bfloat16, (n, g)), "biases": (torch.bfloat16, (n, g))}
+        for leaf, (dt, shape) in shapes.items():
+            specs.append(TensorSpec(f"{mod}.{leaf}", dt, shape, lambda m=mod, leaf=leaf: mlx_layer(view.packed(m), out, m)[leaf]))
     md = {"format": "mlx"}
     if out.suffix == ".safetensors":
         write_safetensors(out, specs, md)
