@@ -1,0 +1,536 @@
+"""``python -m bonsai_core bench-model``: ComfyUI's own FLUX.2 Klein 4B transformer, stock bf16
+against the same model with Bonsai ops per backend, on full-size synthetic weights.
+
+Why synthetic: speed does not depend on the values, the released files are gigabytes, and the
+GPU machine cannot download. The weights are random canonical codes + g128 scales of the
+``KLEIN_4B`` shapes, generated on the GPU; the bf16 baseline gets *their dequantization* as
+dense weights, so the two models compute the same function and the final latents of a short
+Euler loop can be compared (cosine).
+
+What it reports (JSON + markdown under ``--out``): per-step time of ``diffusion_model(x, t,
+context)`` (CUDA events, warm-up, median) at each resolution x batch, peak VRAM, resident
+transformer bytes (parameters + buffers) plus the shared scratch, the cosine of the final
+latents after ``--euler-steps`` steps vs bf16, the backends the measured table chose, and (with
+``--cold``) the first-image time of fresh processes with empty and with persisted caches.
+
+ComfyUI is imported from ``--comfyui`` / ``$COMFYUI_PATH`` / ``~/comfy/ComfyUI``; this repository
+is imported as a custom-node package (``bonsai_image``) exactly as ComfyUI does, so the real
+``nodes/ops.py`` ``BonsaiOps`` is what runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+PKG = "bonsai_image"
+DEFAULT_BACKENDS = ("triton_dequant", "fp8", "auto")
+
+
+# ---------------------------------------------------------------------------
+# environment: ComfyUI + this repo as its custom-node package
+# ---------------------------------------------------------------------------
+
+
+def setup_comfy(comfy_path: str | None) -> types.ModuleType:
+    """Import ComfyUI's modules and this repo's ``nodes.ops`` the way ComfyUI would."""
+    candidates = [comfy_path, os.environ.get("COMFYUI_PATH"), str(Path.home() / "comfy" / "ComfyUI")]
+    root = next((Path(c) for c in candidates if c and (Path(c) / "comfy" / "sd.py").is_file()), None)
+    if root is None:
+        raise SystemExit("ComfyUI not found: pass --comfyui PATH or set COMFYUI_PATH")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)  # ComfyUI must not parse our argv
+    import torch
+    from comfy.cli_args import args as comfy_args
+
+    if not torch.cuda.is_available():
+        comfy_args.cpu = True  # CPU smoke tests: model_management must not probe CUDA
+    if PKG not in sys.modules:
+        # a bare package object over the repo: the pack's root __init__ (node registration,
+        # comfy_api) is not needed to build a model, only nodes/ops.py and bonsai_core
+        pkg = types.ModuleType(PKG)
+        pkg.__path__ = [str(REPO)]
+        pkg.__file__ = str(REPO / "__init__.py")
+        sys.modules[PKG] = pkg
+    return importlib.import_module(f"{PKG}.nodes.ops")
+
+
+def core(name: str) -> types.ModuleType:
+    """A module of the ``bonsai_core`` copy that the ops use (``bonsai_image.bonsai_core.*``)."""
+    return importlib.import_module(f"{PKG}.bonsai_core.{name}")
+
+
+# ---------------------------------------------------------------------------
+# synthetic full-size checkpoint (canonical BFL keys), generated on the GPU
+# ---------------------------------------------------------------------------
+
+
+def synthetic_state_dict(bits: int, device: Any, seed: int = 0, cfg: Any = None) -> dict[str, Any]:
+    import torch
+
+    klein = core("klein")
+    cfg = cfg or klein.KLEIN_4B
+    g = torch.Generator(device=device).manual_seed(seed + bits)
+    diff_q = klein.diffusers_quantized_linears(cfg)
+    sd: dict[str, Any] = {}
+    for key, parts in klein.bfl_quantized_layers(cfg).items():
+        n = sum(diff_q[p][0] for p in parts)
+        k = diff_q[parts[0]][1]
+        if bits == 1:
+            codes = torch.randint(0, 256, (n, k // 8), dtype=torch.uint8, device=device, generator=g)
+        else:
+            q = torch.randint(0, 3, (n, k), dtype=torch.uint8, device=device, generator=g)
+            codes = core("packing").pack_codes(q, 2)
+        # |W| ~ 1/sqrt(K) keeps activations O(1) through the 25 blocks
+        scales = ((torch.rand(n, k // 128, device=device, generator=g) + 0.5) / (k**0.5)).half()
+        sd[key] = codes
+        sd[key[: -len("weight")] + "weight_scale"] = scales
+    dense_shapes = klein.diffusers_dense_tensors(cfg)
+    for bfl, diff in klein.bfl_dense_tensors(cfg).items():
+        shape = dense_shapes[diff]
+        if len(shape) == 1:  # QK-norm scales
+            sd[bfl] = torch.ones(shape, dtype=torch.bfloat16, device=device)
+        else:
+            sd[bfl] = (torch.randn(shape, device=device, generator=g) / (shape[1] ** 0.5)).to(torch.bfloat16)
+    return sd
+
+
+def dense_state_dict(packed: dict[str, Any]) -> dict[str, Any]:
+    """The bf16 baseline: every packed layer replaced by its exact bf16 dequantization."""
+    import torch
+
+    deq = core("packing").dequantize
+    out: dict[str, Any] = {}
+    for key, t in packed.items():
+        if key.endswith(".weight_scale"):
+            continue
+        scale_key = key[: -len("weight")] + "weight_scale"
+        if scale_key in packed:
+            bits = t.shape[1] * 8 // (packed[scale_key].shape[1] * 128)
+            out[key] = deq(t, packed[scale_key], bits, torch.bfloat16)
+        else:
+            out[key] = t
+    return out
+
+
+def build_model(sd: dict[str, Any], ops: Any, device: Any) -> Any:
+    """ComfyUI's FLUX.2 diffusion model, loaded through ``comfy.sd.load_diffusion_model_state_dict``."""
+    import comfy.sd
+    import torch
+
+    options: dict[str, Any] = {"dtype": torch.bfloat16}
+    if ops is not None:
+        options["custom_operations"] = ops
+    patcher = comfy.sd.load_diffusion_model_state_dict(dict(sd), model_options=options, disable_dynamic=True)
+    if patcher is None:
+        raise RuntimeError("ComfyUI did not detect a FLUX.2 model in the synthetic state dict")
+    dm = patcher.model.diffusion_model
+    dm.to(device)
+    dm.eval()
+    return dm
+
+
+def resident_bytes(model: Any) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t is None or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+# ---------------------------------------------------------------------------
+# timing and fidelity
+# ---------------------------------------------------------------------------
+
+
+def make_inputs(batch: int, res: int, device: Any, seed: int = 1) -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(batch, 128, res // 16, res // 16, device=device, generator=g).to(torch.bfloat16)
+    ctx = torch.randn(batch, 512, 7680, device=device, generator=g).to(torch.bfloat16)
+    return x, ctx
+
+
+def time_step(dm: Any, batch: int, res: int, device: Any, warmup: int, reps: int) -> dict[str, float]:
+    import torch
+
+    x, ctx = make_inputs(batch, res, device)
+    t = torch.full((batch,), 0.7, device=device, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            dm(x, t, ctx)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            dm(x, t, ctx)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+    return {"ms_median": statistics.median(times), "ms_min": min(times), "peak_vram_bytes": torch.cuda.max_memory_allocated(device)}
+
+
+def euler_latents(dm: Any, res: int, device: Any, steps: int) -> Any:
+    """A flow-matching Euler loop (sigma 1 -> 0) on the raw diffusion model: final latents."""
+    import torch
+
+    x, ctx = make_inputs(1, res, device, seed=7)
+    sig = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    with torch.inference_mode():
+        for i in range(steps):
+            t = torch.full((1,), sig[i], device=device, dtype=torch.bfloat16)
+            v = dm(x, t, ctx)
+            x = (x.float() + (sig[i + 1] - sig[i]) * v.float()).to(torch.bfloat16)
+    return x.float()
+
+
+def cosine(a: Any, b: Any) -> float:
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def env_info(device: Any) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        import comfyui_version  # type: ignore[import-not-found]
+
+        info["comfyui"] = comfyui_version.__version__
+    except ImportError:
+        info["comfyui"] = None
+    return info
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------
+
+
+def run_variant(variant: str, args: argparse.Namespace, ops_mod: types.ModuleType, device: Any) -> dict[str, Any]:
+    import torch
+
+    bits = {"binary": 1, "ternary": 2}[variant]
+    configs = [(res, b) for res in args.resolutions for b in args.batches]
+    packed = synthetic_state_dict(bits, device)
+    result: dict[str, Any] = {"variant": variant, "bits": bits, "models": {}}
+
+    # stock bf16 on the dequantized weights
+    dm = build_model(dense_state_dict(packed), None, device)
+    entry: dict[str, Any] = {"resident_bytes": resident_bytes(dm), "steps": {}}
+    for res, b in configs:
+        entry["steps"][f"{res}x{b}"] = time_step(dm, b, res, device, args.warmup, args.reps)
+        log.info("%s bf16 %d^2 B%d: %.1f ms", variant, res, b, entry["steps"][f"{res}x{b}"]["ms_median"])
+    ref = euler_latents(dm, args.euler_res, device, args.euler_steps)
+    result["models"]["bf16"] = entry
+    del dm
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    core("_kernels_loader").load_kernels()
+    td = core("kernels.triton_dequant")
+    for backend in args.backends:
+        ops = ops_mod.make_bonsai_ops(backend, bits)
+        td.SCRATCH.clear()
+        dm = build_model(packed, ops, device)
+        entry = {"resident_bytes": resident_bytes(dm), "steps": {}}
+        try:
+            for res, b in configs:
+                entry["steps"][f"{res}x{b}"] = time_step(dm, b, res, device, args.warmup, args.reps)
+                log.info("%s %s %d^2 B%d: %.1f ms", variant, backend, res, b, entry["steps"][f"{res}x{b}"]["ms_median"])
+            lat = euler_latents(dm, args.euler_res, device, args.euler_steps)
+            entry["cosine_vs_bf16"] = cosine(lat, ref)
+            entry["finite"] = bool(torch.isfinite(lat).all())
+        except Exception as e:  # noqa: BLE001 - report the failure in the table, keep benchmarking
+            log.exception("%s %s failed", variant, backend)
+            entry["error"] = f"{type(e).__name__}: {e}"
+        entry["scratch_bytes"] = td.SCRATCH.nbytes()
+        result["models"][backend] = entry
+        del dm
+        gc.collect()
+        torch.cuda.empty_cache()
+    result["reference_latent_norm"] = float(ref.norm())
+    result["reference_finite"] = bool(torch.isfinite(ref).all())
+    return result
+
+
+def chosen_backends(device: Any) -> dict[str, Any]:
+    table = core("autotune_table").get_table(device)
+    return {k: v for k, v in table.entries().items()}
+
+
+def cold_start(args: argparse.Namespace, variant: str, backend: str) -> dict[str, Any]:
+    """First 1024^2 image (build + ``--euler-steps`` steps) in fresh processes: empty caches, then
+    the caches the first one left (Bonsai dispatch table + Triton kernels)."""
+    out: dict[str, Any] = {"variant": variant, "backend": backend}
+    with tempfile.TemporaryDirectory(prefix="bonsai-cold-") as tmp:
+        env = {**os.environ, "BONSAI_CACHE_DIR": str(Path(tmp) / "bonsai"), "TRITON_CACHE_DIR": str(Path(tmp) / "triton")}
+        for label in ("empty_caches", "persisted_caches"):
+            cmd = [sys.executable, "-m", "bonsai_core", "bench-model", "--first-image", variant, "--backends", backend]
+            if args.comfyui:
+                cmd += ["--comfyui", args.comfyui]
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.cold_timeout)
+            wall = time.perf_counter() - t0
+            rec: dict[str, Any] = {"process_wall_s": round(wall, 2), "rc": r.returncode}
+            line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
+            if line:
+                rec.update(json.loads(line))
+            else:
+                rec["stderr_tail"] = r.stderr[-2000:]
+            out[label] = rec
+            log.info("cold start %s %s %s: %s", variant, backend, label, rec)
+    return out
+
+
+def first_image(args: argparse.Namespace) -> int:
+    """Child of :func:`cold_start`: prints one JSON line with the phases' seconds."""
+    import torch
+
+    t0 = time.perf_counter()
+    ops_mod = setup_comfy(args.comfyui)
+    device = torch.device("cuda")
+    t_import = time.perf_counter()
+    bits = {"binary": 1, "ternary": 2}[args.first_image]
+    packed = synthetic_state_dict(bits, device)
+    dm = build_model(packed, ops_mod.make_bonsai_ops(args.backends[0], bits), device)
+    torch.cuda.synchronize()
+    t_model = time.perf_counter()
+    lat = euler_latents(dm, 1024, device, args.euler_steps)
+    torch.cuda.synchronize()
+    t_img = time.perf_counter()
+    rec = {
+        "import_s": round(t_import - t0, 2),
+        "build_s": round(t_model - t_import, 2),
+        "first_image_s": round(t_img - t_model, 2),
+        "total_s": round(t_img - t0, 2),
+        "finite": bool(torch.isfinite(lat).all()),
+    }
+    sys.stdout.write(json.dumps(rec) + "\n")
+    return 0
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    env = report["env"]
+    lines = [
+        f"# Bonsai FLUX.2 Klein 4B transformer step vs stock bf16 ({env['gpu']})",
+        "",
+        f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env['triton']}, ComfyUI {env.get('comfyui')}, Python {env['python']}.",
+        "ComfyUI's own FLUX.2 model (`comfy.sd.load_diffusion_model_state_dict`), full-size synthetic weights; bf16 = the same",
+        f"weights dequantized to dense bf16. Per-step time = one `diffusion_model(x, t, context)` call, median of {report['args']['reps']}",
+        f"after {report['args']['warmup']} warm-up calls (CUDA events); 512 text tokens. Cosine = final latents after "
+        f"{report['args']['euler_steps']} Euler steps at {report['args']['euler_res']}^2 vs bf16.",
+        "",
+    ]
+    for var in report["variants"]:
+        models = var["models"]
+        cfgs = list(models["bf16"]["steps"])
+        head = (
+            "| path | "
+            + " | ".join(f"{c.replace('x', '² B')} ms (× bf16)" for c in cfgs)
+            + " | peak VRAM GB | resident GB | scratch MB | cosine |"
+        )
+        lines += [f"## {var['variant']}", "", head, "|" + "---|" * (head.count("|") - 1)]
+        base = models["bf16"]["steps"]
+        for name, m in models.items():
+            if "error" in m and not m["steps"]:
+                lines.append(f"| {name} | failed: {m['error']} |")
+                continue
+            cells = []
+            for c in cfgs:
+                s = m["steps"].get(c)
+                cells.append("–" if s is None else f"{s['ms_median']:.1f} ({s['ms_median'] / base[c]['ms_median']:.2f}×)")
+            peak = max((s["peak_vram_bytes"] for s in m["steps"].values()), default=0) / 1e9
+            cos = m.get("cosine_vs_bf16")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {peak:.2f} | {m['resident_bytes'] / 1e9:.3f} | {m.get('scratch_bytes', 0) / 1e6:.0f} | {'–' if cos is None else f'{cos:.6f}'} |"
+            )
+        lines.append("")
+    for cs in report.get("cold_start", []):
+        lines.append(f"Cold start ({cs['variant']}, backend {cs['backend']}), fresh process, first 1024² image:")
+        for label in ("empty_caches", "persisted_caches"):
+            r = cs.get(label, {})
+            lines.append(
+                f"- {label.replace('_', ' ')}: {r.get('process_wall_s')} s wall (import {r.get('import_s')} s, build {r.get('build_s')} s, "
+                f"{report['args']['euler_steps']} steps {r.get('first_image_s')} s)"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-layer times of the fast paths vs bf16 ``F.linear`` for the linears ComfyUI runs
+    (BFL fused shapes), summed per step with each shape's count. Uses the top-level core."""
+    import torch
+
+    from ._kernels_loader import load_kernels
+    from .autotune_table import time_candidate
+    from .kernel_cache import klein_linear_shapes
+    from .klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
+    from .packing import dequantize
+
+    load_kernels()
+    from .kernels import fp8_blockwise as fp
+    from .kernels import triton_dequant as td
+
+    device = torch.device("cuda")
+    fused = diffusers_quantized_linears(KLEIN_4B)
+    counts: dict[tuple[int, int], int] = {}
+    for parts in bfl_quantized_layers(KLEIN_4B).values():
+        shape = (fused[parts[0]][1], sum(fused[p][0] for p in parts))
+        counts[shape] = counts.get(shape, 0) + 1
+    variants = fp.FP8BlockwiseBackend().variants(device)
+    rows = []
+    for k, n in klein_linear_shapes(KLEIN_4B, "bfl"):
+        for bits in args.sweep_bits:
+            codes = torch.randint(0, 256, (n, k * bits // 8), dtype=torch.uint8, device=device)
+            if bits == 2:
+                codes &= 0b10111011
+            sc = (torch.rand(n, k // 128, device=device) * 0.02 + 1e-4).half()
+            w = dequantize(codes, sc, bits, torch.bfloat16)
+            for m in args.sweep_m:
+                x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+                row: dict[str, Any] = {"k": k, "n": n, "bits": bits, "m": m, "count": counts.get((k, n), 0), "ms": {}}
+                cands: dict[str, Any] = {
+                    "bf16": lambda x=x, w=w: torch.nn.functional.linear(x, w),
+                    "dequant_only": lambda codes=codes, sc=sc, bits=bits: td.unpack_into(
+                        codes, sc, bits, td.SCRATCH.get(device, torch.bfloat16, (codes.shape[0], sc.shape[1] * 128))
+                    ),
+                    "triton_dequant": lambda x=x, codes=codes, sc=sc, bits=bits: td.TritonDequantBackend().matmul(x, codes, sc, bits, {}),
+                    "act_quant_only": lambda x=x: fp.quantize_activations(x),
+                }
+                for v in variants:
+                    cands[f"fp8/{v}"] = lambda v=v, x=x, codes=codes, sc=sc, bits=bits: fp.run_variant(v, x, codes, sc, bits)
+                for name, fn in cands.items():
+                    try:
+                        row["ms"][name] = time_candidate(fn, device, warmup=2, reps=10)
+                    except Exception as e:  # noqa: BLE001 - a variant that fails to compile is reported, not fatal
+                        row["ms"][name] = None
+                        row.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:300]}"
+                y = fp.run_variant(variants[0], x, codes, sc, bits).float()
+                ref = torch.nn.functional.linear(x, w).float()
+                row["fp8_rel_err"] = float((y - ref).norm() / ref.norm())
+                rows.append(row)
+                best = min(
+                    (v for v in row["ms"] if v.startswith("fp8/") and row["ms"][v] is not None), key=lambda v: row["ms"][v], default=None
+                )
+                log.info(
+                    "K%d N%d b%d M%d: bf16 %.3f, triton_dequant %.3f, best fp8 %s %.3f ms",
+                    k, n, bits, m, row["ms"]["bf16"], row["ms"]["triton_dequant"] or -1, best, row["ms"].get(best) or -1,
+                )  # fmt: skip
+            del codes, sc, w
+    totals: dict[str, dict[str, float]] = {}
+    for row in rows:
+        t = totals.setdefault(f"b{row['bits']}-M{row['m']}", {})
+        for name, ms in row["ms"].items():
+            if ms is not None:
+                t[name] = t.get(name, 0.0) + ms * row["count"]
+        fp8 = [ms for name, ms in row["ms"].items() if name.startswith("fp8/") and ms is not None]
+        if fp8:
+            t["fp8_best_per_shape"] = t.get("fp8_best_per_shape", 0.0) + min(fp8) * row["count"]
+    return {"rows": rows, "per_step_totals_ms": totals}
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    if args.first_image:
+        return first_image(args)
+    if args.linear_sweep:
+        import torch
+
+        rep = {"env": env_info(torch.device("cuda")), **linear_sweep(args)}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.name}-linears.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
+        for key, t in rep["per_step_totals_ms"].items():
+            best = sorted((v, k) for k, v in t.items() if k.startswith("fp8/"))[:3]
+            sys.stdout.write(
+                f"{key}: bf16 {t.get('bf16', 0):.1f} ms, triton_dequant {t.get('triton_dequant', 0):.1f}, dequant only {t.get('dequant_only', 0):.1f}, "
+                f"act quant only {t.get('act_quant_only', 0):.1f}, fp8 best per shape {t.get('fp8_best_per_shape', 0):.1f}, best fp8 {[(k, round(v, 1)) for v, k in best]}\n"
+            )
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.stdout.write("bench-model needs a CUDA GPU\n")
+        return 1
+    device = torch.device("cuda")
+    ops_mod = setup_comfy(args.comfyui)
+    report: dict[str, Any] = {"env": env_info(device), "args": {k: v for k, v in vars(args).items() if k != "func"}, "variants": []}
+    if args.cold:
+        report["cold_start"] = [cold_start(args, v, args.cold_backend) for v in args.variants]
+    for variant in args.variants:
+        report["variants"].append(run_variant(variant, args, ops_mod, device))
+    report["dispatch_table"] = chosen_backends(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    md = to_markdown(report)
+    (out / f"{stem}.md").write_text(md, encoding="utf-8")
+    sys.stdout.write(md + "\n")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench-model", help="ComfyUI FLUX.2 Klein step: stock bf16 vs Bonsai ops per backend (GPU)")
+    p.add_argument("--variants", nargs="+", default=["binary", "ternary"], choices=["binary", "ternary"])
+    p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS))
+    p.add_argument("--resolutions", nargs="+", type=int, default=[512, 1024])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--euler-steps", type=int, default=4)
+    p.add_argument("--euler-res", type=int, default=1024)
+    p.add_argument("--cold", action="store_true", help="also time the first image in fresh processes (empty / persisted caches)")
+    p.add_argument("--cold-backend", default="auto")
+    p.add_argument("--cold-timeout", type=int, default=300)
+    p.add_argument("--comfyui", default=None, help="ComfyUI checkout (default $COMFYUI_PATH or ~/comfy/ComfyUI)")
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--name", default="model-h100")
+    p.add_argument("--linear-sweep", action="store_true", help="per-layer fast-path timings instead of the model benchmark")
+    p.add_argument("--sweep-m", nargs="+", type=int, default=[1536, 4608])
+    p.add_argument("--sweep-bits", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--first-image", default=None, choices=["binary", "ternary"], help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_bench_model)
