@@ -4,16 +4,16 @@ Order of decision for ``lowbit_linear(..., backend=...)``:
 
 1. an explicit ``backend`` argument other than ``"auto"``;
 2. else ``$BONSAI_BACKEND`` (if set and not ``"auto"``);
-3. else the selectors registered with :func:`register_selector` (newest first), then the
-   measured table ``dispatch.json`` in the per-GPU cache folder (see :mod:`.kernel_cache`);
-   the first available answer wins;
+3. else the selectors registered with :func:`register_selector` (newest first; the measured
+   per-GPU table plugs in here), then the rules file ``dispatch-rules.json`` in the per-GPU
+   cache folder (see :mod:`.kernel_cache`); the first available answer wins;
 4. else the static rules: CUDA sm80+ with gemlite and small M (decode-like, ``M <= 64``) and
    fp16/bf16 -> ``gemlite``; Apple MPS -> ``mlx``; everything else -> ``torch``.
 
 A requested backend that cannot run here (package missing, GPU too old, wrong device) falls
 back to ``torch`` with ONE warning per (backend, reason); nothing here fails at import.
 
-``dispatch.json`` format (first matching rule wins; every field but ``backend`` optional)::
+``dispatch-rules.json`` format (first matching rule wins; every field but ``backend`` optional)::
 
     {"rules": [{"backend": "gemlite", "bits": 1, "dtype": "bfloat16", "k": 3072, "n": 27648,
                 "m_min": 0, "m_max": 64}, ...]}
@@ -40,7 +40,10 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("torch_ref", "TorchReferenceBackend"),
     "gemlite": ("gemlite_backend", "GemliteBackend"),
     "mlx": ("mlx_backend", "MLXBackend"),
+    "triton_dequant": ("triton_dequant", "TritonDequantBackend"),
+    "fp8": ("fp8_blockwise", "FP8BlockwiseBackend"),
 }
+AUTO_FP8 = "auto-fp8"  # like "auto", but the measured choice may also pick the (not bit-exact) fp8 backend
 _BACKEND_MODULES = BACKENDS  # old name, kept for callers of the minimal version
 FALLBACK = "torch"
 SMALL_M = 64  # gemlite's GEMV/split-K regime; at larger M dequant + cuBLAS wins (docs/benchmarks)
@@ -98,20 +101,20 @@ def unregister_selector(fn: Selector) -> None:
 
 
 def _table_rules(device: torch.device) -> list[dict[str, Any]]:
-    from .kernel_cache import dispatch_table_path, read_json
+    from .kernel_cache import dispatch_rules_path, read_json
 
     key = str(device)
     if key not in _tables:
-        data = read_json(dispatch_table_path(device))
+        data = read_json(dispatch_rules_path(device))
         rules = data.get("rules", []) if isinstance(data, dict) else []
         _tables[key] = [r for r in rules if isinstance(r, dict) and isinstance(r.get("backend"), str)]
         if _tables[key]:
-            log.info("using the measured backend table %s (%d rules)", dispatch_table_path(device), len(_tables[key]))
+            log.info("using the backend rules in %s (%d rules)", dispatch_rules_path(device), len(_tables[key]))
     return _tables[key]
 
 
 def reload_tables() -> None:
-    """Forget cached tables and availability (after writing a new ``dispatch.json``)."""
+    """Forget cached rules and availability (after writing a new ``dispatch-rules.json``)."""
     _tables.clear()
     _availability.clear()
 
@@ -169,7 +172,7 @@ def select_backend(
     device = torch.device(device)
     if requested == "auto":
         requested = os.environ.get(ENV_BACKEND, "").strip().lower() or "auto"
-    if requested != "auto":
+    if requested not in ("auto", AUTO_FP8):
         if requested not in BACKENDS:
             raise ValueError(f"unknown backend {requested!r} (argument or ${ENV_BACKEND}); choose one of {sorted(BACKENDS)} or 'auto'")
         reason = unavailable_reason(requested, device, dtype, bits)
@@ -177,6 +180,11 @@ def select_backend(
             return requested
         warn_once(requested, reason, FALLBACK)
         return FALLBACK
+    if requested == AUTO_FP8:
+        from .autotune_table import fp8_allowed
+
+        with fp8_allowed():
+            return _measured_choice(device, dtype, bits, m, k, n) or _static_choice(device, dtype, bits, m)
     return _measured_choice(device, dtype, bits, m, k, n) or _static_choice(device, dtype, bits, m)
 
 
@@ -231,3 +239,13 @@ def lowbit_linear(
     if y.dtype != x.dtype:
         y = y.to(x.dtype)
     return y.reshape(*lead, n)
+
+
+def _register_measured_table() -> None:
+    # the per-GPU measured selection (bonsai_core/autotune_table.py, fastpath work)
+    from .autotune_table import measured_selector
+
+    register_selector(measured_selector)
+
+
+_register_measured_table()

@@ -9,8 +9,9 @@ on macOS, ``%LOCALAPPDATA%\\bonsai-image\\Cache`` on Windows):
 
 * ``triton/``: Triton's own cache (``TRITON_CACHE_DIR`` is set only if the user has not set it);
 * ``gemlite-autotune.json``: gemlite's autotune table (``load_config``/``cache_config`` format);
-* ``dispatch.json``: an optional measured backend-selection table read by
-  :mod:`bonsai_core.dispatch` before its static rules.
+* ``dispatch.json``: the measured backend-selection table (:mod:`bonsai_core.autotune_table`);
+* ``dispatch-rules.json``: optional hand-written selection rules read by :mod:`bonsai_core.dispatch`
+  before its static rules.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "BONSAI_CACHE_DIR"
 GEMLITE_TABLE = "gemlite-autotune.json"
-DISPATCH_TABLE = "dispatch.json"
+DISPATCH_TABLE = "dispatch.json"  # the measured per-GPU table (bonsai_core.autotune_table)
+DISPATCH_RULES = "dispatch-rules.json"  # optional hand-written rules read by bonsai_core.dispatch
 
 _triton_cache_set: set[str] = set()
 
@@ -103,6 +105,10 @@ def gemlite_table_path(device: torch.device | str | None = None) -> Path:
 
 def dispatch_table_path(device: torch.device | str | None = None) -> Path:
     return cache_dir(device, create=False) / DISPATCH_TABLE
+
+
+def dispatch_rules_path(device: torch.device | str | None = None) -> Path:
+    return cache_dir(device, create=False) / DISPATCH_RULES
 
 
 def read_json(path: Path) -> Any | None:

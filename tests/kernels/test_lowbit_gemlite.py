@@ -1,0 +1,141 @@
+"""gemlite backend on CUDA (run on the H100 through the device tool; see
+docs/benchmarks/linear-h100-gemlite-tests.md for the command and the recorded result)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from lowbit_helpers import TOL, VARIANTS, assert_close_to_reference, random_packed
+
+from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+_reason = "no CUDA device" if not torch.cuda.is_available() else unavailable_reason("gemlite", CUDA, torch.float16, 1)
+needs_gemlite = pytest.mark.skipif(_reason is not None, reason=f"gemlite backend unavailable: {_reason}")
+
+SHAPES = [(256, 384), (3072, 1024), (1024, 3072)]  # (K, N)
+MS = [1, 5, 16, 64, 300]  # GEMV_REVSPLITK, GEMM_SPLITK (2), GEMM (2)
+
+
+@needs_gemlite
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_bit_exact_on_integer_inputs(variant: str, k: int, n: int) -> None:
+    """Small integer activations and power-of-two scales make every product and partial sum
+    exact in fp32, so gemlite's fp32 output must equal the dequantized reference bit for bit,
+    for every kernel kind (GEMV, split-K, GEMM): any packing/sign/zero error shows up here."""
+    from bonsai_core.kernels.gemlite_backend import build_gemlite_layer
+
+    bits = VARIANTS[variant]
+    codes, _ = random_packed(n, k, bits, seed=k + n, device=CUDA)
+    g = torch.Generator().manual_seed(1)
+    scales = (2.0 ** -torch.randint(2, 7, (n, k // 128), generator=g)).half().to(CUDA)
+    layer = build_gemlite_layer(codes, scales, bits)
+    from bonsai_core.packing import dequantize
+
+    w = dequantize(codes, scales, bits, torch.float32)
+    for m in MS:
+        x = torch.randint(-3, 4, (m, k), generator=g).to(CUDA, torch.float16)
+        y = layer(x)
+        assert y.dtype == torch.float32
+        assert torch.equal(y, x.float() @ w.T), f"M={m}"
+
+
+@needs_gemlite
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_matches_reference_through_dispatch(variant: str, k: int, n: int, dtype: torch.dtype) -> None:
+    bits = VARIANTS[variant]
+    codes, scales = random_packed(n, k, bits, seed=k * n + bits, device=CUDA)
+    state: dict = {}
+    for m in MS:
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(CUDA, dtype)
+        y = lowbit_linear(x, codes, scales, bits, backend="gemlite", state=state)
+        assert y.dtype == dtype and y.shape == (m, n) and y.device.type == "cuda"
+        assert_close_to_reference(y, x, codes, scales, bits, TOL[dtype])
+    assert "gemlite" in state
+
+
+@needs_gemlite
+def test_dispatch_rules_on_cuda() -> None:
+    assert select_backend(CUDA, torch.bfloat16, 1, 1) == "gemlite"
+    assert select_backend(CUDA, torch.float16, 2, 64) == "gemlite"
+    assert select_backend(CUDA, torch.bfloat16, 2, 4608) == "torch"
+    assert select_backend(CUDA, torch.float32, 2, 1) == "torch"
+
+
+@needs_gemlite
+def test_bonsai_linear_on_cuda_bad_inputs_and_move() -> None:
+    from bonsai_core.linear import BonsaiLinear
+    from bonsai_core.packing import PackedWeight
+
+    codes, scales = random_packed(384, 256, 2, seed=9)
+    layer = BonsaiLinear.from_packed(PackedWeight(codes, scales, 2), backend="gemlite").to(CUDA)
+    x = torch.randn(2, 3, 256, device=CUDA, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.shape == (2, 3, 384) and y.dtype == torch.bfloat16 and "gemlite" in layer.state
+    xt = torch.randn(256, 6, device=CUDA, dtype=torch.float16).t()
+    assert torch.equal(layer(xt), layer(xt.contiguous()))
+    assert layer(torch.empty(0, 256, device=CUDA, dtype=torch.float16)).shape == (0, 384)
+    with pytest.raises(TypeError):
+        layer(torch.ones(2, 256, device=CUDA, dtype=torch.int32))
+    with pytest.raises(ValueError, match="expects 256"):
+        layer(torch.ones(2, 128, device=CUDA, dtype=torch.float16))
+    layer.to("cpu")
+    assert layer.state == {} and layer.codes.device.type == "cpu"
+
+
+_CHILD = textwrap.dedent(
+    """
+    import logging, sys, time, torch
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+    from bonsai_core.dispatch import lowbit_linear
+    from bonsai_core.packing import pack_codes
+    g = torch.Generator().manual_seed(0)
+    codes = pack_codes(torch.randint(0, 3, (640, 512), generator=g, dtype=torch.uint8), 2).cuda()
+    scales = (torch.rand(640, 4, generator=g) * 0.01 + 0.001).half().cuda()
+    x = torch.randn(48, 512, device="cuda", dtype=torch.float16)
+    t0 = time.perf_counter()
+    lowbit_linear(x, codes, scales, 2, backend="gemlite", state={})
+    torch.cuda.synchronize()
+    print(f"FIRST_CALL_S {time.perf_counter() - t0:.3f}")
+    """
+)
+
+
+@needs_gemlite
+def test_autotune_table_is_persisted_and_reused(tmp_path: Path) -> None:
+    env = dict(
+        os.environ, BONSAI_CACHE_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2])] + sys.path)
+    )
+    env.pop("TRITON_CACHE_DIR", None)
+    first = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "compiling low-bit kernels for 512×640" in first.stdout
+    tables = list(tmp_path.glob("*/gemlite-autotune.json"))
+    assert len(tables) == 1 and ", 640, 512, 128, 4, 102)" in tables[0].read_text()  # (M bucket, N, K, group, 4 codes/byte, fp16 2-bit)
+    assert list(tmp_path.glob("*/triton/*")), "Triton's cache was not redirected into the per-GPU folder"
+    second = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "loaded gemlite autotune table" in second.stdout
+    assert "compiling low-bit kernels" not in second.stdout
+    t1 = float(first.stdout.split("FIRST_CALL_S ")[1].split()[0])
+    t2 = float(second.stdout.split("FIRST_CALL_S ")[1].split()[0])
+    sys.stdout.write(f"gemlite first call: fresh cache {t1:.2f} s, warm cache {t2:.2f} s\n")
+    assert t2 < t1
+
+
+@needs_gemlite
+def test_prewarm_small_shapes() -> None:
+    from bonsai_core.kernel_cache import prewarm
+
+    records = prewarm([(256, 384)], bits=(1,), ms=(1, 4096), device=CUDA)
+    assert [r["backend"] for r in records] == ["gemlite", "torch"]
