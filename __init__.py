@@ -6,7 +6,8 @@ ComfyUI would take the V1 path and ignore the entry point.
 
 Each module in ``nodes/`` is imported separately; one that fails (an optional backend or package
 missing, a bug) is logged with the reason and only its own nodes are missing. The core library
-``bonsai_core`` imports nothing from ComfyUI; this file and ``nodes/`` need ComfyUI.
+``bonsai_core`` imports nothing from ComfyUI; ``nodes/`` needs ComfyUI, and this file defines the
+entry point only when ComfyUI is importable (pytest also imports it while collecting the repo).
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-
-from comfy_api.latest import ComfyExtension, io
-
-from . import nodes as _nodes_pkg
+from typing import Any
 
 log = logging.getLogger("bonsai_image")
 
@@ -26,18 +24,29 @@ _NOT_NODE_MODULES = frozenset({"ops"})
 
 IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
 
+try:
+    from comfy_api.latest import ComfyExtension
+except ImportError:
+    # Imported outside ComfyUI (pytest collecting the repository, packaging tools): there is
+    # nothing to register, and bonsai_core stays usable on its own.
+    ComfyExtension = None
+
 
 def _node_modules() -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(_nodes_pkg.__path__)]
+    from . import nodes as nodes_pkg
+
+    names = [m.name for m in pkgutil.iter_modules(nodes_pkg.__path__)]
     return sorted(n for n in names if not n.startswith("_") and n not in _NOT_NODE_MODULES)
 
 
-def gather_nodes() -> list[type[io.ComfyNode]]:
-    """Node classes from every importable ``nodes/*`` module, in module order, without duplicates."""
-    found: list[type[io.ComfyNode]] = []
+def gather_nodes() -> list[Any]:
+    """Node classes (``io.ComfyNode``) from every importable ``nodes/*`` module, in module order, without duplicates."""
+    from . import nodes as nodes_pkg
+
+    found: list[Any] = []
     for name in _node_modules():
         try:
-            module = importlib.import_module(f"{_nodes_pkg.__name__}.{name}")
+            module = importlib.import_module(f"{nodes_pkg.__name__}.{name}")
         except Exception as e:  # one broken optional part must not hide the rest of the pack
             IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
             log.error("Bonsai Image: nodes/%s.py could not be imported, its nodes are unavailable: %s: %s", name, type(e).__name__, e)
@@ -50,12 +59,14 @@ def gather_nodes() -> list[type[io.ComfyNode]]:
     return found
 
 
-class BonsaiImageExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        nodes = gather_nodes()
-        log.info("Bonsai Image: %d nodes registered%s", len(nodes), f" ({len(IMPORT_ERRORS)} node modules failed)" if IMPORT_ERRORS else "")
-        return nodes
+if ComfyExtension is not None:
 
+    class BonsaiImageExtension(ComfyExtension):
+        async def get_node_list(self) -> list[Any]:
+            nodes = gather_nodes()
+            failed = f" ({len(IMPORT_ERRORS)} node modules failed)" if IMPORT_ERRORS else ""
+            log.info("Bonsai Image: %d nodes registered%s", len(nodes), failed)
+            return nodes
 
-async def comfy_entrypoint() -> BonsaiImageExtension:
-    return BonsaiImageExtension()
+    async def comfy_entrypoint() -> BonsaiImageExtension:
+        return BonsaiImageExtension()

@@ -195,7 +195,14 @@ class BonsaiOps(comfy.ops.manual_cast):
         def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> BonsaiOps.Linear:
             # .to()/.cuda()/.cpu(): prepared data belongs to the old device; free it now, not at the next call.
             self._drop_state()
-            return super()._apply(fn, recurse)
+            scales = self._buffers.get("scales")
+            out = super()._apply(fn, recurse)
+            moved = self._buffers.get("scales")
+            if scales is not None and moved is not None and moved.dtype != scales.dtype:
+                # Module.to(dtype) casts every floating buffer; a rounded scale changes the model, so
+                # scales keep their exact dtype and only follow the device.
+                self._buffers["scales"] = scales.to(device=moved.device)
+            return out
 
         def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
             # Dynamic VRAM swaps buffers with comfy.utils.set_attr_buffer instead of .to().

@@ -135,6 +135,7 @@ class ComfyUISession:
         self.server = _Server()
         self.captured: dict[str, Any] = {}
         self.progress: list[tuple[int, int, str | None]] = []
+        self._tiny: dict[tuple[str, int], tuple[str, str]] = {}
         self._boot()
 
     # -- startup ---------------------------------------------------------------------------
@@ -171,6 +172,8 @@ class ComfyUISession:
         folder_paths.set_output_directory(str(self.models_dir / "output"))
         folder_paths.set_temp_directory(str(self.models_dir / "temp"))
         nodes.NODE_CLASS_MAPPINGS["BonsaiTestCapture"] = _make_capture_node(self.captured)
+        nodes.NODE_CLASS_MAPPINGS["BonsaiTestConditioning"] = _TestConditioning
+        nodes.NODE_CLASS_MAPPINGS["BonsaiTestLatent"] = _TestLatent
         self.pack_path = self._link_pack()
         before = set(nodes.NODE_CLASS_MAPPINGS)
         ok = asyncio.run(nodes.load_custom_node(str(self.pack_path)))
@@ -213,6 +216,24 @@ class ComfyUISession:
     def node_class(self, node_id: str) -> Any:
         return self.nodes.NODE_CLASS_MAPPINGS[node_id]
 
+    # -- tiny models ------------------------------------------------------------------------
+
+    def tiny_model(self, variant: str = "binary", seed: int = 0) -> tuple[str, str]:
+        """(canonical file, its dequantized dense bf16 copy) in ``diffusion_models``, written once.
+
+        Made by the pack's own ``bonsai_core.fixtures`` / ``bonsai_core.convert`` (deterministic per seed)."""
+        key = (variant, seed)
+        if key not in self._tiny:
+            fixtures = self.pack("bonsai_core.fixtures")
+            convert = self.pack("bonsai_core.convert")
+            d = self.models_dir / "diffusion_models"
+            canonical = f"tiny-{variant}-s{seed}.safetensors"
+            dense = f"tiny-{variant}-s{seed}-dense.safetensors"
+            fixtures.make_fixture(variant, "tiny", "canonical", seed, d / canonical)
+            convert.dequantize_checkpoint(d / canonical, d / dense)
+            self._tiny[key] = (canonical, dense)
+        return self._tiny[key]
+
     # -- running prompts -------------------------------------------------------------------
 
     def run(self, prompt: dict[str, Any], *, fresh_cache: bool = True) -> PromptResult:
@@ -250,6 +271,57 @@ def _make_capture_node(store: dict[str, Any]) -> type:
             return {}
 
     return BonsaiTestCapture
+
+
+class _TestConditioning:
+    """Test-only source of FLUX.2 conditioning for tiny models (no text encoder needed):
+    ``[[randn(batch, tokens, width), {"pooled_output": None}]]`` from a seed."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+                "tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
+                "width": ("INT", {"default": 384, "min": 1, "max": 16384}),
+                "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
+            }
+        }
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, seed: int, tokens: int, width: int, batch: int) -> tuple[list[Any]]:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(batch, tokens, width, generator=g), {"pooled_output": None}]],)
+
+
+class _TestLatent:
+    """Test-only random FLUX.2 latent ``{"samples": randn(batch, 128, height/16, width/16)}`` (e.g. a reference image)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+                "width": ("INT", {"default": 64, "min": 16, "max": 4096, "step": 16}),
+                "height": ("INT", {"default": 64, "min": 16, "max": 4096, "step": 16}),
+                "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, seed: int, width: int, height: int, batch: int) -> tuple[dict[str, Any]]:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        return ({"samples": torch.randn(batch, 128, height // 16, width // 16, generator=g)},)
 
 
 _SESSION: ComfyUISession | None = None

@@ -1,0 +1,153 @@
+"""BonsaiModelLoader on tiny canonical fixtures of both variants, snapshot folders, and bad files."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from bonsai_graphs import bonsai_loader, recipe
+
+pytestmark = pytest.mark.comfyui
+
+VARIANTS = ["binary", "ternary"]
+
+
+@pytest.fixture(scope="module")
+def loader_mod(comfyui):
+    return comfyui.pack("nodes.model_loader")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loads_packed_stock_model(comfyui, loader_mod, variant):
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+
+    name, _ = comfyui.tiny_model(variant)
+    patcher = loader_mod.load_bonsai_model(comfyui.models_dir / "diffusion_models" / name)
+    assert type(patcher) is comfy.model_patcher.ModelPatcher  # CoreModelPatcher on CPU
+    assert isinstance(patcher.model, comfy.model_base.Flux2)
+    dm = patcher.model.diffusion_model
+    ops = comfyui.pack("nodes.ops")
+    layers = dict(ops.bonsai_linears(dm))
+    packed = {n: m for n, m in layers.items() if m.is_packed}
+    bits = 1 if variant == "binary" else 2
+    # tiny: 1 double block (8 linears) + 2 single blocks (2 each); the 9 edge linears stay dense
+    assert len(packed) == 12 and len(layers) == 21
+    assert all(m.bonsai_bits == bits and m.codes.dtype == torch.uint8 and m.weight is None for m in packed.values())
+
+    sd = dm.state_dict()
+    for n, m in packed.items():
+        assert sd[f"{n}.weight"].dtype == torch.uint8 and f"{n}.weight_scale" in sd
+        assert sd[f"{n}.weight"].shape == (m.out_features, m.in_features * bits // 8)
+    assert not [k for k in sd if k.endswith((".codes", ".scales"))]
+    # VRAM accounting counts packed bytes: state_dict bytes == codes + scales + dense tensors.
+    expected = sum(m.codes.nbytes + m.scales.nbytes for m in packed.values())
+    expected += sum(p.nbytes for p in dm.parameters()) + sum(
+        b.nbytes for n, b in dm.named_buffers() if not n.endswith((".codes", ".scales"))
+    )
+    assert comfy.model_management.module_size(dm) == expected
+    dense_equiv = sum(m.out_features * m.in_features * 4 for m in packed.values())
+    packed_bytes = sum(m.codes.nbytes + m.scales.nbytes for m in packed.values())
+    assert packed_bytes * 8 < dense_equiv  # >= 8x smaller than fp32 even at 2 bits with scales
+
+
+def test_buffers_follow_to_and_scales_keep_their_dtype(comfyui, loader_mod):
+    name, _ = comfyui.tiny_model("ternary")
+    dm = loader_mod.load_bonsai_model(comfyui.models_dir / "diffusion_models" / name).model.diffusion_model
+    layer = dm.double_blocks[0].img_attn.qkv
+    scale_dtype = layer.scales.dtype
+    layer.bonsai_state["prepared"] = object()
+    dm.to(torch.bfloat16)  # casts dense weights; scales must not be rounded
+    assert layer.scales.dtype == scale_dtype and layer.codes.dtype == torch.uint8
+    assert layer.bonsai_state == {}  # prepared backend data is dropped on every move
+    assert dm.img_in.weight.dtype == torch.bfloat16
+    dm.to("meta")
+    assert layer.codes.device.type == "meta" and layer.scales.device.type == "meta"
+
+
+def test_combo_lists_canonical_files_and_snapshot_folders(comfyui, loader_mod):
+    canonical, dense = comfyui.tiny_model("binary")
+    fixtures = comfyui.pack("bonsai_core.fixtures")
+    fixtures.make_fixture("binary", "tiny", "gemlite", 0, comfyui.models_dir / "bonsai" / "tiny-binary-gemlite")
+    options = comfyui.node_class("BonsaiModelLoader").GET_NODE_INFO_V1()["input"]["required"]["model_name"][1]["options"]
+    assert canonical in options
+    assert dense not in options  # a dense model belongs to the stock loader
+    assert "tiny-binary-gemlite/" in options
+
+
+def test_snapshot_folder_packs_on_the_fly_to_the_same_model(comfyui):
+    canonical, _ = comfyui.tiny_model("binary")
+    fixtures = comfyui.pack("bonsai_core.fixtures")
+    folder = comfyui.models_dir / "bonsai" / "tiny-binary-gemlite"
+    if not folder.exists():
+        fixtures.make_fixture("binary", "tiny", "gemlite", 0, folder)
+    a = comfyui.run(recipe(bonsai_loader(canonical)))
+    b = comfyui.run(recipe(bonsai_loader("tiny-binary-gemlite/")))
+    assert a.success and b.success, (a.error, b.error, b.node_errors)
+    assert torch.equal(a.latent(), b.latent())
+
+
+def _write_random_safetensors(path):
+    from safetensors.torch import save_file
+
+    save_file({"model.layers.0.weight": torch.randn(16, 16)}, str(path))
+
+
+def _truncate_copy(src, dst):
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) * 2 // 3])
+
+
+@pytest.mark.parametrize(
+    "kind, expect",
+    [
+        ("random_safetensors", "not a canonical Bonsai file"),
+        ("truncated_canonical", "truncated"),
+        ("not_safetensors", "safetensors"),
+        ("missing", "file not found"),
+    ],
+)
+def test_bad_file_is_a_readable_validation_error(comfyui, kind, expect):
+    canonical, _ = comfyui.tiny_model("binary")
+    d = comfyui.models_dir / "diffusion_models"
+    name = f"bad-{kind}.safetensors"
+    if kind == "random_safetensors":
+        _write_random_safetensors(d / name)
+    elif kind == "truncated_canonical":
+        _truncate_copy(d / canonical, d / name)
+    elif kind == "not_safetensors":
+        (d / name).write_bytes(b"<html>404 Not Found</html>" * 10)
+    try:
+        r = comfyui.run(recipe(bonsai_loader(name)))
+        assert not r.valid
+        errors = r.node_errors["1"]["errors"]
+        assert len(errors) == 1
+        details = errors[0]["details"]
+        assert name in details and expect in details, details
+        assert "Traceback" not in details and 'File "' not in details
+    finally:
+        (d / name).unlink(missing_ok=True)
+
+
+def test_unavailable_backend_is_a_readable_execution_error(comfyui):
+    canonical, _ = comfyui.tiny_model("binary")
+    r = comfyui.run(recipe(bonsai_loader(canonical, backend="gemlite")))
+    assert r.valid and not r.success
+    err = r.error
+    assert err["node_id"] == "1" and err["exception_type"].endswith("BonsaiFormatError")
+    assert "backend 'gemlite' cannot run" in err["exception_message"] and canonical in err["exception_message"]
+
+
+def test_direct_load_of_truncated_file_names_file(comfyui, loader_mod, tmp_path):
+    canonical, _ = comfyui.tiny_model("ternary")
+    bad = tmp_path / "cut.safetensors"
+    _truncate_copy(comfyui.models_dir / "diffusion_models" / canonical, bad)
+    errors = comfyui.pack("bonsai_core.errors")
+    with pytest.raises(errors.BonsaiFormatError) as e:
+        loader_mod.load_bonsai_model(bad)
+    assert str(bad) in str(e.value)
+    # The copy of a good file loads.
+    shutil.copy(comfyui.models_dir / "diffusion_models" / canonical, bad)
+    assert loader_mod.load_bonsai_model(bad) is not None
