@@ -154,15 +154,17 @@ def run(args: argparse.Namespace) -> int:
             if reason:
                 log.warning("skipping backend %s (%s): %s", b, v, reason)
                 skipped.add(f"{b}/{v}")
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    # data is generated on the benchmark device: Klein-size activations on CPU take seconds
+    gen = torch.Generator(device=device).manual_seed(0)
     stopped = False
     for k, n in shapes:
-        xs = {m: (torch.randn(m, k, generator=gen) * 1.0).to(device=device, dtype=dtype) for m in ms}
+        xs = {m: torch.randn(m, k, generator=gen, device=device).to(dtype) for m in ms}
         for vi, variant in enumerate(variants):
             bits = VARIANT_BITS[variant]
-            q = torch.randint(0, 2 if bits == 1 else 3, (n, k), generator=gen, dtype=torch.uint8)
-            codes = pack_codes(q, bits).to(device)
-            scales = (torch.rand(n, k // 128, generator=gen) * 0.02 + 0.002).half().to(device)
+            q = torch.randint(0, 2 if bits == 1 else 3, (n, k), generator=gen, dtype=torch.uint8, device=device)
+            codes = pack_codes(q, bits)
+            scales = (torch.rand(n, k // 128, generator=gen, device=device) * 0.02 + 0.002).half()
+            del q
             w32 = dequantize(codes, scales, bits, torch.float32)
             w_dense = w32.to(torch.bfloat16) if not args.no_baseline and vi == 0 else None
             states: dict[str, dict[str, Any]] = {b: {} for b in backends}
