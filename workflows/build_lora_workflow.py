@@ -1,0 +1,75 @@
+"""Generate the LoRA example workflow (UI JSON + thumbnail + API twin) with the shared builders.
+
+Run like ``build_workflows.py`` (it reads the live node schemas, ours included)::
+
+    ~/venv/bin/python workflows/build_lora_workflow.py [--comfyui ~/comfy/ComfyUI]
+
+Two stock ``LoraLoaderModelOnly`` nodes chained after the Bonsai loader: LoRAs stay unmerged
+branches on the packed layers (nodes/lora.py), each with its own strength.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import build_workflows as bw
+
+log = logging.getLogger("build_lora_workflow")
+
+STEM = "bonsai_ternary_t2i_lora"
+TITLE = "ternary text to image 1024x1024 + 2 LoRAs"
+LORAS = ("klein4b_style_lora.safetensors", "klein4b_detail_lora.safetensors")
+
+NOTE = (
+    "## Bonsai Image 4B — LoRA\n\n"
+    "Stock **LoraLoaderModelOnly** nodes work on the Bonsai MODEL with any FLUX.2 Klein 4B LoRA "
+    "(BFL, diffusers or kohya keys). The LoRA is *not* merged into the binary/ternary weights "
+    "(that would destroy it): it runs as a side branch, `y = Wq·x + strength·(alpha/rank)·B(A·x)`.\n\n"
+    "- Put LoRA files in `models/loras/`; chain loaders to stack several, each with its own strength.\n"
+    "- Changing a strength or bypassing a loader does not reload the model.\n"
+    "- Cost: only the LoRA's own weights in memory, plus two thin matmuls per patched layer."
+)
+
+
+def build(wg) -> tuple[list, str]:
+    nodes, model, clip, vae = bw._loaders_pipeline(wg, bw.TERNARY_SNAPSHOT)
+    nodes += [
+        wg.Node(5, "LoraLoaderModelOnly", {"lora_name": LORAS[0], "strength_model": 1.0}, {"model": model}, pos=(-420, 380), title="LoRA 1"),
+        wg.Node(6, "LoraLoaderModelOnly", {"lora_name": LORAS[1], "strength_model": 0.6}, {"model": (5, 0)}, pos=(-420, 500), title="LoRA 2"),
+    ]
+    nodes += bw._text(wg, clip, bw.T2I_PROMPT)
+    nodes += bw._sampling(wg, (6, 0), (10, 0), (11, 0), 1024, 1024, seed=42)
+    nodes += bw._decode_save(wg, vae, "bonsai/ternary-1024-lora", tiled=False)
+    return nodes, TITLE
+
+
+def build_lora(schemas: dict, out_dir: Path = bw.HERE) -> Path:
+    wg = bw._graph_modules()
+    nodes, title = build(wg)
+    graph = wg.Graph(STEM, nodes, notes=[(NOTE, (-420, -220), (380, 300))])
+    ui = wg.to_ui(graph, schemas)
+    # Model/LoRA combos list what is installed on this machine; only structure must be clean here.
+    problems = [p for p in wg.validate_ui(ui, schemas) if "is not one of the options" not in p]
+    if problems:
+        raise RuntimeError(f"{STEM}: " + "; ".join(problems))
+    bw.write_json(out_dir / f"{STEM}.json", ui)
+    bw.write_json(out_dir / "api" / f"{STEM}.json", wg.to_api(graph))
+    bw.thumbnail(out_dir / f"{STEM}.jpg", title, "ternary", graph)
+    return out_dir / f"{STEM}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comfyui", type=Path, default=Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI")))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    p = build_lora(bw.live_schemas(args.comfyui.resolve()))
+    log.info("wrote %s (+ .jpg, api/%s)", p.relative_to(bw.REPO), p.name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
