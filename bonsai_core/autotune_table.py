@@ -177,9 +177,10 @@ def fp8_allowed(allow: bool = True) -> Iterator[None]:
 
 def _synthetic_layer(device: torch.device, n: int, k: int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     # random, not zeros: zeros can run faster than real data (METHOD.md)
-    codes = torch.randint(0, 256, (n, k * bits // 8), dtype=torch.uint8, device=device)
-    if bits == 2:
-        codes = codes & 0b10111011  # keep 2-bit codes in {0, 1, 2} (code 3 is invalid)
+    from .packing import pack_codes
+
+    q = torch.randint(0, 2 if bits == 1 else 3, (n, k), dtype=torch.uint8, device=device)
+    codes = pack_codes(q, bits)  # ternary: only the valid codes {0, 1, 2}
     scales = (torch.rand(n, k // GROUP, device=device) * 0.02 + 1e-4).half()
     return codes, scales
 

@@ -410,6 +410,7 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from .kernel_cache import klein_linear_shapes
     from .klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
     from .packing import dequantize
+    from .packing import pack_codes as core_pack
 
     load_kernels()
     from .kernels import fp8_blockwise as fp
@@ -425,9 +426,7 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for k, n in klein_linear_shapes(KLEIN_4B, "bfl"):
         for bits in args.sweep_bits:
-            codes = torch.randint(0, 256, (n, k * bits // 8), dtype=torch.uint8, device=device)
-            if bits == 2:
-                codes &= 0b10111011
+            codes = core_pack(torch.randint(0, 2 if bits == 1 else 3, (n, k), dtype=torch.uint8, device=device), bits)
             sc = (torch.rand(n, k // 128, device=device) * 0.02 + 1e-4).half()
             w = dequantize(codes, sc, bits, torch.bfloat16)
             for m in args.sweep_m:
@@ -498,17 +497,22 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     device = torch.device("cuda")
     ops_mod = setup_comfy(args.comfyui)
     report: dict[str, Any] = {"env": env_info(device), "args": {k: v for k, v in vars(args).items() if k != "func"}, "variants": []}
-    if args.cold:
-        report["cold_start"] = [cold_start(args, v, args.cold_backend) for v in args.variants]
-    for variant in args.variants:
-        report["variants"].append(run_variant(variant, args, ops_mod, device))
-    report["dispatch_table"] = chosen_backends(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.name
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    md = to_markdown(report)
-    (out / f"{stem}.md").write_text(md, encoding="utf-8")
+    if args.cold or args.cold_only:
+        report["cold_start"] = [cold_start(args, v, args.cold_backend) for v in args.variants]
+    if args.cold_only:
+        (out / f"{args.name}-cold.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        sys.stdout.write(to_markdown(report) + "\n")
+        return 0
+    md = ""
+    for variant in args.variants:
+        report["variants"].append(run_variant(variant, args, ops_mod, device))
+        report["dispatch_table"] = chosen_backends(device)
+        # written after every variant: a run cut short still leaves its numbers
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        md = to_markdown(report)
+        (out / f"{args.name}.md").write_text(md, encoding="utf-8")
     sys.stdout.write(md + "\n")
     return 0
 
@@ -524,6 +528,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--euler-steps", type=int, default=4)
     p.add_argument("--euler-res", type=int, default=1024)
     p.add_argument("--cold", action="store_true", help="also time the first image in fresh processes (empty / persisted caches)")
+    p.add_argument("--cold-only", action="store_true", help="only the fresh-process first-image timings")
     p.add_argument("--cold-backend", default="auto")
     p.add_argument("--cold-timeout", type=int, default=300)
     p.add_argument("--comfyui", default=None, help="ComfyUI checkout (default $COMFYUI_PATH or ~/comfy/ComfyUI)")

@@ -58,7 +58,12 @@ TRITON_IMPLS: dict[str, tuple[bool, bool]] = {
     "tri-scratch": (False, False),
 }
 # the variants tried on first use; bench scripts may narrow or widen this
-ACTIVE_VARIANTS: list[str] = [f"{impl}:{cfg}" for impl in TRITON_IMPLS for cfg in CONFIGS] + ["sm"]
+ALL_VARIANTS: list[str] = [f"{impl}:{cfg}" for impl in TRITON_IMPLS for cfg in CONFIGS] + ["sm"]
+# Measured on an H100 (docs/benchmarks/model-h100-linears-run1.json): cuBLASLt's blockwise GEMM
+# ("sm") won every shape at M = 4608 and the e4m3-scratch Triton GEMM some at M = 1536; the
+# prologue-quantizing and codes-reading Triton variants were 2-6x slower. Only these are tried.
+ACTIVE_VARIANTS: list[str] = ["sm", "tri-scratch:m64n128w4s4", "tri-scratch:m128n128w8s3"]
+SM_M_MULTIPLE = 128  # cuBLASLt refused the 1x128 recipe at M = 333 (CUBLAS_STATUS_NOT_SUPPORTED)
 
 
 def _act_quant_src(x_ptr, q_ptr, s_ptr, M, stride_xm, stride_qm, stride_sm, stride_sg, BLOCK_M: tl.constexpr):
@@ -228,15 +233,15 @@ class FP8BlockwiseBackend(LowBitBackend):
                 f"fp8: needs FP8 tensor cores (compute capability >= 8.9), {torch.cuda.get_device_name(device)} has none"
             )
 
-    def variants(self, device: torch.device) -> list[str]:
+    def variants(self, device: torch.device, m: int | None = None) -> list[str]:
         out = [v for v in ACTIVE_VARIANTS if v != "sm"]
-        if "sm" in ACTIVE_VARIANTS and scaled_mm_blockwise_supported(device):
-            out.append("sm")
+        if "sm" in ACTIVE_VARIANTS and scaled_mm_blockwise_supported(device) and (m is None or m % SM_M_MULTIPLE == 0):
+            out.insert(0, "sm")
         return out
 
     def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
         n, k = codes.shape[0], scales.shape[1] * GROUP_SIZE
-        variants = self.variants(x2d.device)
+        variants = self.variants(x2d.device, x2d.shape[0])
         if len(variants) == 1:
             return run_variant(variants[0], x2d, codes, scales, bits)
         key = entry_key("fp8", n, k, bits, x2d.dtype, x2d.shape[0])

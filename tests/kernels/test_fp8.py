@@ -87,7 +87,7 @@ def test_fp8_variants_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     oracle = fp.reference_fp8_linear(x, codes, sc, bits).float()
     exact = x.float() @ dequantize(codes, sc, bits, torch.float32).t()
-    for variant in fp.FP8BlockwiseBackend().variants(dev):
+    for variant in fp.FP8BlockwiseBackend().variants(dev, m):
         y = fp.run_variant(variant, x, codes, sc, bits)
         assert torch.isfinite(y).all(), variant
         e_oracle = ((y.float() - oracle).norm() / oracle.norm()).item()
