@@ -30,6 +30,7 @@ import os
 import pickle
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,8 @@ def read_hqq(folder: str | os.PathLike[str]) -> TEWeights:
         raise BonsaiFormatError(file, None, "file not found")
     try:
         # weights_only: HQQ's own loader does the same; anything beyond tensors/containers/dtypes is refused
-        raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        # mmap keeps the 2.7 GB file out of RAM until each tensor is repacked; legacy (non-zip) files cannot be mapped
+        raw = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except pickle.UnpicklingError as e:
         raise BonsaiFormatError(
             file, None, f"refused to unpickle (not a plain HQQ weight file, possibly malicious): {str(e).splitlines()[0]}"

@@ -1,0 +1,53 @@
+"""Fixtures for the text encoder tests: tiny HQQ and MLX fixtures in a ComfyUI models tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from te_env import ComfyUISession, comfy_models, comfyui, import_comfy_early  # noqa: F401  (pytest fixtures)
+
+import_comfy_early()
+
+SNAP_HQQ = "bonsai-image-ternary-4B-gemlite-2bit"
+SNAP_MLX = "bonsai-image-binary-4B-mlx-1bit"
+
+
+@pytest.fixture(scope="session")
+def te_node(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+    return comfyui.pack("nodes.text_encoder")
+
+
+@pytest.fixture(scope="session")
+def te_pack(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+    """The pack's ``bonsai_core`` as ComfyUI imported it (its error classes are the ones raised)."""
+    return comfyui.pack("bonsai_core")
+
+
+@pytest.fixture(scope="session")
+def tiny_tes(comfyui: ComfyUISession, comfy_models: Path) -> dict[str, Path]:  # noqa: F811
+    """Released-layout tiny TEs: HQQ in a gemlite snapshot, HQQ with Qwen3Model keys in
+    models/text_encoders, MLX in an MLX snapshot (tokenizer files inside, as released)."""
+    fixture = comfyui.pack("bonsai_core.te_fixture")
+    tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    bonsai = comfy_models / "bonsai"
+    out = {
+        "hqq": bonsai / SNAP_HQQ / "text_encoder-hqq-4bit",
+        "hqq_layers": comfy_models / "text_encoders" / "bonsai-te-hqq-qwen3model",
+        "mlx": bonsai / SNAP_MLX / "text_encoder-mlx-4bit",
+    }
+    fixture.make_te_fixture("hqq", "tiny", 11, out["hqq"], tokenizer_src=tok)
+    fixture.make_te_fixture("hqq", "tiny", 12, out["hqq_layers"], tokenizer_src=tok, hqq_prefix="")
+    fixture.make_te_fixture("mlx", "tiny", 13, out["mlx"], tokenizer_src=tok)
+    return out
+
+
+@pytest.fixture(scope="session")
+def te_labels(tiny_tes: dict[str, Path]) -> dict[str, str]:
+    """The loader's combo labels for :func:`tiny_tes`."""
+    return {
+        "hqq": f"bonsai/{SNAP_HQQ}/text_encoder-hqq-4bit",
+        "hqq_layers": "text_encoders/bonsai-te-hqq-qwen3model",
+        "mlx": f"bonsai/{SNAP_MLX}/text_encoder-mlx-4bit",
+    }
