@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "make-fixture": ".cli_formats",
     "bench-linear": ".bench_linear",
     "bench-model": ".bench_model",
+    "bench-lora": ".bench_lora",
     "download": ".download",
 }
 
