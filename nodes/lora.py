@@ -15,6 +15,20 @@ so one callback installed on the loader's patcher follows every clone LoraLoader
 Bonsai layers hold buffers, not parameters, so ComfyUI's own merge loop (over named parameters)
 never touches them; dense edge layers (img_in, modulation, final layer) keep stock merging.
 
+Memory management paths (ComfyUI v0.29.0, ``comfy/model_patcher.py``):
+* full load and lowvram ``load()``: ON_LOAD runs at the end and builds/clears the branches on
+  ``device_to``. Offloaded layers also get ``LowVramPatch`` entries in ``weight_function`` (also
+  appended later by ``partially_unload``, which runs no callback): :func:`resolve_lowvram_patch`
+  tells ``BonsaiOps`` they are already covered by ``bonsai_lora``.
+* ``ModelPatcherDynamic`` (dynamic VRAM, CUDA only: on CPU it reroutes to ``ModelPatcher``):
+  ``get_key_weight`` finds ``weight is None`` on packed layers, so no ``weight_lowvram_function``
+  is attached and nothing is force-loaded or merged; codes/scales are buffers and move with
+  ``set_attr_buffer``; its ``load()`` ends with the same ON_LOAD callback (every ``partially_load``
+  calls ``load()``, the stamp below makes repeats free).
+* switching clones: ``load_models_gpu`` detaches the previous clone with ``unpatch_all=False`` and
+  skips ``load()`` when the new clone has the same ``patches_uuid`` (branches kept), otherwise it
+  unpatches and loads again (branches rebuilt). ``detach(unpatch_all=True)`` clears them.
+
 Supported patch kinds (all exact, no dense copy of a base layer):
 * LoRA / LoCon (``lora_up/down``, ``lora_A/B``, diffusers ``.lora.up``...; 1x1 ``lora_mid`` folded
   into ``down``): a branch of the LoRA's own rank.
