@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import time
 from typing import Any
 
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 # gemlite DType enum values (gemlite/dtypes.py, identical in 0.5.1 and 0.6)
 _FP32, _FP16 = 0, 1
 _GROUP = 128
+
+
+ENV_AUTOTUNE_MODE = "BONSAI_GEMLITE_AUTOTUNE"  # gemlite's autotune effort: "fast" (its default), "max" or "default" (no search)
+_mode_applied = False
 
 
 def _import_gemlite() -> Any:
@@ -56,6 +61,15 @@ def _import_gemlite() -> Any:
         from gemlite.core import GemLiteLinearTriton  # noqa: F401  (fails on a broken install)
     except Exception as e:  # gemlite's import runs CUDA/Triton code; any failure means "not here"
         raise BackendUnavailable(f"gemlite failed to import: {type(e).__name__}: {e}") from e
+    global _mode_applied
+    mode = os.environ.get(ENV_AUTOTUNE_MODE, "").strip().lower()
+    if mode and not _mode_applied:
+        # must precede the first kernel launch: set_autotune reloads gemlite's kernel modules
+        if mode not in ("fast", "max", "default"):
+            raise BackendUnavailable(f"${ENV_AUTOTUNE_MODE}={mode!r}: use fast, max or default")
+        gemlite.set_autotune(mode)
+        log.info("gemlite autotune mode: %s", mode)
+    _mode_applied = True
     return gemlite
 
 
