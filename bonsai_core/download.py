@@ -118,18 +118,13 @@ class DownloadResult:
     canonical: Path | None = None
 
 
-def _offline_message(repo_id: str, target: Path, files: list[str] | None, error: BaseException, endpoint: str) -> str:
-    need = ", ".join(files) if files else " ".join(allow_patterns_hint(repo_id))
+def _offline_message(repo_id: str, target: Path, need: list[str], error: BaseException, endpoint: str) -> str:
+    need_text = ", ".join(need)
     return (
         f"Cannot reach the Hugging Face Hub at {endpoint} ({type(error).__name__}: {error}). "
         f"To install by hand, download https://huggingface.co/{repo_id} (keeping its folder structure) into {target}{os.sep} "
-        f"- needed: {need}. Then load it with the Bonsai loader nodes; no network is needed after that."
+        f"- needed: {need_text}. Then load it with the Bonsai loader nodes; no network is needed after that."
     )
-
-
-def allow_patterns_hint(repo_id: str) -> list[str]:
-    backend = next((b for b in BACKENDS if f"-{b}" in repo_id), "unpacked")
-    return allow_patterns(backend)
 
 
 def _is_network_error(e: BaseException) -> bool:
@@ -232,14 +227,23 @@ def download(
     progress: ProgressFn | None = None,
     endpoint: str | None = None,
     token: str | bool | None = None,
+    bonsai_dir: str | os.PathLike[str] | None = None,
+    diffusion_models_dir: str | os.PathLike[str] | None = None,
 ) -> DownloadResult:
-    """Download (or complete) one released repo into ``<models_dir>/bonsai/<repo-name>/`` and verify it."""
+    """Download (or complete) one released repo into ``<models_dir>/bonsai/<repo-name>/`` and verify it.
+
+    ``bonsai_dir``/``diffusion_models_dir`` override ``<models_dir>/bonsai`` and
+    ``<models_dir>/diffusion_models`` (ComfyUI passes its registered folders). ``endpoint`` defaults
+    to ``$HF_ENDPOINT`` read now (a long-running ComfyUI may set it after importing huggingface_hub).
+    """
     from huggingface_hub import constants, hf_hub_download
 
     backend = auto_backend() if backend == "auto" else backend
     name = repo_name(variant, backend)
     repo_id = f"{OWNER}/{name}"
-    target = Path(models_dir).expanduser().resolve() / "bonsai" / name
+    models = Path(models_dir).expanduser().resolve()
+    target = (Path(bonsai_dir).expanduser().resolve() if bonsai_dir else models / "bonsai") / name
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     endpoint_url = endpoint or constants.ENDPOINT
     try:
         commit, remote = remote_files(repo_id, revision=revision, endpoint=endpoint, token=token)
@@ -247,7 +251,7 @@ def download(
         raise
     except Exception as e:
         if _is_network_error(e):
-            raise DownloadError(_offline_message(repo_id, target, None, e, endpoint_url)) from e
+            raise DownloadError(_offline_message(repo_id, target, allow_patterns(backend, components), e, endpoint_url)) from e
         raise DownloadError(f"{repo_id}: cannot list the repository: {type(e).__name__}: {e}") from e
     files = select_files(list(remote), backend, components)
     if not files:
@@ -304,7 +308,8 @@ def download(
         result.downloaded.append(rel)
         _write_manifest(target, {"repo_id": repo_id, "commit": commit, "verified": verified})
     if to_canonical:
-        result.canonical = convert_to_canonical(target, Path(models_dir).expanduser().resolve(), variant)
+        out_dir = Path(diffusion_models_dir).expanduser().resolve() if diffusion_models_dir else models / "diffusion_models"
+        result.canonical = convert_to_canonical(target, out_dir / canonical_name(variant), variant)
     return result
 
 
@@ -314,15 +319,14 @@ def _forget_local_metadata(target: Path, rel: str) -> None:
     meta.unlink(missing_ok=True)
 
 
-def canonical_path(models_dir: Path, variant: str) -> Path:
-    return models_dir / "diffusion_models" / f"bonsai-image-{variant}-4B.safetensors"
+def canonical_name(variant: str) -> str:
+    return f"bonsai-image-{variant}-4B.safetensors"
 
 
-def convert_to_canonical(snapshot: Path, models_dir: Path, variant: str) -> Path:
-    """The snapshot's transformer as the canonical single file in ``diffusion_models/``."""
+def convert_to_canonical(snapshot: Path, out: Path, variant: str) -> Path:
+    """The snapshot's transformer as the canonical single file ``out`` (lossless, atomic)."""
     from .convert import convert
 
-    out = canonical_path(models_dir, variant)
     return Path(convert(snapshot, out, "canonical", variant))
 
 
