@@ -32,10 +32,11 @@ from typing import Any
 from .atomic import atomic_path
 from .packing import VARIANT_BITS
 
-SNAPSHOT_LAYOUTS = ("gemlite", "mlx")
+SNAPSHOT_LAYOUTS = ("gemlite", "mlx", "unpacked")
 _TE_FORMAT = {"gemlite": "hqq", "mlx": "mlx"}
-_TE_FOLDER = {"gemlite": "text_encoder-hqq-4bit", "mlx": "text_encoder-mlx-4bit"}
-_TRANSFORMER_FOLDER = {"gemlite": "transformer-gemlite-int{bits}", "mlx": "transformer-packed-mflux"}
+_TE_FOLDER = {"gemlite": "text_encoder-hqq-4bit", "mlx": "text_encoder-mlx-4bit", "unpacked": "text_encoder"}
+_TRANSFORMER_FOLDER = {"gemlite": "transformer-gemlite-int{bits}", "mlx": "transformer-packed-mflux", "unpacked": "transformer"}
+DENSE_TE_SHARDS = 2  # the unpacked releases ship the bf16 Qwen3 as index + shards, as transformers saves it
 
 
 def snapshot_repo_name(variant: str, layout: str) -> str:
@@ -44,6 +45,8 @@ def snapshot_repo_name(variant: str, layout: str) -> str:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_BITS)}")
     if layout not in SNAPSHOT_LAYOUTS:
         raise ValueError(f"unknown snapshot layout {layout!r}; expected one of {SNAPSHOT_LAYOUTS}")
+    if layout == "unpacked":
+        return f"bonsai-image-{variant}-4B-unpacked"
     return f"bonsai-image-{variant}-4B-{layout}-{VARIANT_BITS[variant]}bit"
 
 
@@ -72,6 +75,60 @@ _SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
+def write_dense_te(config: dict[str, Any], seed: int, out_dir: Path) -> Path:
+    """A random bf16 ``Qwen3ForCausalLM`` folder as ``save_pretrained`` writes it (tied embeddings: no ``lm_head``):
+    ``config.json`` + ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``."""
+    import torch
+
+    from .safetensors_io import TensorSpec, write_safetensors
+    from .te_formats import expected_dense_shapes, expected_linear_shapes
+
+    shapes = {**expected_dense_shapes(config), **expected_linear_shapes(config)}
+    gen = torch.Generator().manual_seed(seed)
+
+    def produce(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if len(shape) == 1:  # RMSNorm gains
+            return (1 + 0.05 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        return (torch.randn(shape, generator=gen) / shape[1] ** 0.5).to(torch.bfloat16)
+
+    names = sorted(shapes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weight_map: dict[str, str] = {}
+    total = 0
+    per = -(-len(names) // DENSE_TE_SHARDS)
+    for i in range(DENSE_TE_SHARDS):
+        fname = f"model-{i + 1:05d}-of-{DENSE_TE_SHARDS:05d}.safetensors"
+        part = names[i * per : (i + 1) * per]
+        specs = [TensorSpec(n, torch.bfloat16, shapes[n], lambda n=n: produce(n, shapes[n])) for n in part]
+        write_safetensors(out_dir / fname, specs, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+        total += sum(2 * _numel(shapes[n]) for n in part)
+    _write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    _write_json(out_dir / "config.json", {**config, "architectures": ["Qwen3ForCausalLM"]})
+    return out_dir
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """A Qwen tokenizer folder as Qwen3 releases ship it: the chat template in ``chat_template.jinja``
+    (the same Klein-branch template the text-encoder fixtures use), not in ``tokenizer_config.json``."""
+    from .te_fixture import FIXTURE_CHAT_TEMPLATE
+
+    shutil.copytree(src, dst)
+    cfg = dst / "tokenizer_config.json"
+    if cfg.is_file():
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+        data.pop("chat_template", None)
+        _write_json(cfg, data)
+    (dst / "chat_template.jinja").write_text(FIXTURE_CHAT_TEMPLATE, encoding="utf-8")
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -88,7 +145,10 @@ def make_snapshot_fixture(
     tokenizer_src: str | os.PathLike[str] | None = None,
     vae_size: str | None = None,
 ) -> Path:
-    """Write ``out_root/<repo-name>/`` as a complete release of ``variant`` in ``layout`` (gemlite or mlx).
+    """Write ``out_root/<repo-name>/`` as a complete release of ``variant`` in ``layout`` (gemlite, mlx, unpacked).
+
+    The unpacked releases are plain diffusers ``Flux2KleinPipeline`` folders: bf16 transformer, bf16
+    Qwen3 text encoder (``text_encoder/``, sharded), ``tokenizer/``, ``vae/``, ``scheduler/``.
 
     ``size`` is the transformer and text-encoder geometry (``tiny`` or ``full``); ``vae_size`` the
     VAE's (default: ``tiny`` with a tiny model, ``full`` otherwise). ``tokenizer_src``: a Qwen
@@ -97,7 +157,7 @@ def make_snapshot_fixture(
     into place, so a failed build leaves nothing behind. Returns the snapshot folder.
     """
     from .fixtures import make_fixture
-    from .te_fixture import make_te_fixture
+    from .te_fixture import TE_CONFIGS, make_te_fixture
     from .vae_fixture import make_vae_fixture
 
     name = snapshot_repo_name(variant, layout)
@@ -108,15 +168,18 @@ def make_snapshot_fixture(
         expected = _TRANSFORMER_FOLDER[layout].format(bits=VARIANT_BITS[variant])
         if pack.name != expected:
             raise RuntimeError(f"the transformer fixture wrote {pack.name!r}, a {layout} release names it {expected!r}")
-        make_te_fixture(_TE_FORMAT[layout], size, seed, tmp / _TE_FOLDER[layout], tokenizer_src=tokenizer_src)
+        if layout == "unpacked":
+            write_dense_te(TE_CONFIGS[size], seed, tmp / _TE_FOLDER[layout])
+        else:
+            make_te_fixture(_TE_FORMAT[layout], size, seed, tmp / _TE_FOLDER[layout], tokenizer_src=tokenizer_src)
         make_vae_fixture(vae_size or ("tiny" if size == "tiny" else "full"), seed, tmp / "vae")
         _write_json(tmp / "model_index.json", _model_index(layout, variant))
         _write_json(
             tmp / "manifest.json", {"model_version": f"{variant} g128 (synthetic fixture, seed {seed})", "repo": f"prism-ml/{name}"}
         )
-        if layout == "mlx":
-            # The MLX releases also carry the diffusers scheduler and a top-level tokenizer.
+        if layout in ("mlx", "unpacked"):
+            # These releases also carry the diffusers scheduler and a top-level tokenizer.
             _write_json(tmp / "scheduler" / "scheduler_config.json", _SCHEDULER_CONFIG)
             if tokenizer_src is not None:
-                shutil.copytree(tokenizer_src, tmp / "tokenizer")
+                _copy_tokenizer(Path(tokenizer_src), tmp / "tokenizer")
     return target

@@ -121,8 +121,9 @@ def _decode_save(wg, vae, prefix: str, tiled: bool) -> list:
 NOTE_T2I = (
     "## Bonsai Image 4B — {title}\n\n"
     "Distilled FLUX.2 Klein 4B with {variant} weights: **4 steps, cfg 1, euler, Flux2Scheduler**.\n\n"
-    "Models: `python -m bonsai_core download {variant}` puts the release in `models/bonsai/`.\n"
-    "The loader node reads the snapshot folder as is (packed weights stay packed)."
+    "Models: `python -m bonsai_core download {variant}` puts the release in `models/bonsai/<repo>/` "
+    "(gemlite on CUDA, mlx on Apple silicon, unpacked elsewhere); pick that folder in the loader. "
+    "Packed weights stay packed in memory."
 )
 
 
@@ -288,7 +289,13 @@ def build_all(schemas: dict, out_dir: Path = HERE) -> list[Path]:
     written = []
     for stem, (builder, variant) in WORKFLOWS.items():
         nodes, title = builder(wg)
-        graph = wg.Graph(stem, nodes, notes=[(NOTE_T2I.format(title=title, variant=variant), (-420, -220), (380, 260))])
+        note = NOTE_T2I.format(title=title, variant=variant)
+        if any(n.type == "BonsaiModelLoader" for n in nodes):
+            note += (
+                "\n\nThis graph uses the three loader nodes; the model loader reads the canonical file "
+                "`models/diffusion_models/bonsai-image-{v}-4B.safetensors` (`download {v} --to-canonical`)."
+            ).format(v=variant)
+        graph = wg.Graph(stem, nodes, notes=[(note, (-420, -260), (380, 300))])
         ui = wg.to_ui(graph, schemas)
         problems = wg.validate_ui(ui, {k: v for k, v in schemas.items()})
         # Model/image combos list what is installed on this machine; only structure must be clean here.

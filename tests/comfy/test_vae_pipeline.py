@@ -77,6 +77,11 @@ def test_snapshot_fixture_is_the_released_tree(tmp_path: Path) -> None:
     assert (mlx / "transformer-packed-mflux" / "diffusion_pytorch_model.safetensors").is_file()
     assert (mlx / "text_encoder-mlx-4bit" / "model.safetensors").is_file()
     assert (mlx / "scheduler" / "scheduler_config.json").is_file()
+    unpacked = make_snapshot_fixture("binary", "unpacked", tmp_path)
+    assert unpacked.name == "bonsai-image-binary-4B-unpacked"
+    assert (unpacked / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    index = json.loads((unpacked / "text_encoder" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     assert not list(tmp_path.glob(".*partial")), "no half-built folder is left behind"
 
 
@@ -170,7 +175,7 @@ def test_vae_loader_errors_name_file_and_tensor(vae_mod: Any, vae_dir: Path, tmp
 def snapshots(comfyui: Any, comfy_models: Path) -> dict[str, Path]:
     tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
     out = {}
-    for variant, layout in (("ternary", "gemlite"), ("binary", "mlx")):
+    for variant, layout in (("ternary", "gemlite"), ("binary", "mlx"), ("ternary", "unpacked")):
         name = snapshot_repo_name(variant, layout)
         target = comfy_models / "bonsai" / name
         out[name] = (
@@ -179,7 +184,7 @@ def snapshots(comfyui: Any, comfy_models: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("name", ["bonsai-image-ternary-4B-gemlite-2bit", "bonsai-image-binary-4B-mlx-1bit"])
+@pytest.mark.parametrize("name", ["bonsai-image-ternary-4B-gemlite-2bit", "bonsai-image-binary-4B-mlx-1bit", "bonsai-image-ternary-4B-unpacked"])
 def test_pipeline_loader_gives_model_clip_vae(comfyui: Any, snapshots: dict[str, Path], name: str) -> None:
     import comfy.model_patcher
     import comfy.sd
@@ -206,7 +211,7 @@ def test_pipeline_loader_refuses_incomplete_snapshots(comfyui: Any, snapshots: d
             pipeline.load_pipeline(broken)
         shutil.copytree(src / "vae", broken / "vae")
         shutil.rmtree(broken / "text_encoder-hqq-4bit")
-        with pytest.raises(pipeline.BonsaiFormatError, match="no 4-bit text encoder"):
+        with pytest.raises(pipeline.BonsaiFormatError, match="no text encoder folder"):
             pipeline.load_pipeline(broken)
     finally:
         shutil.rmtree(broken)
