@@ -293,8 +293,8 @@ def build_all(schemas: dict, out_dir: Path = HERE) -> list[Path]:
         if any(n.type == "BonsaiModelLoader" for n in nodes):
             note += (
                 "\n\nThis graph uses the three loader nodes; the model loader reads the canonical file "
-                "`models/diffusion_models/bonsai-image-{v}-4B.safetensors` (`download {v} --to-canonical`)."
-            ).format(v=variant)
+                f"`models/diffusion_models/bonsai-image-{variant}-4B.safetensors` (`download {variant} --to-canonical`)."
+            )
         graph = wg.Graph(stem, nodes, notes=[(note, (-420, -260), (380, 300))])
         ui = wg.to_ui(graph, schemas)
         problems = wg.validate_ui(ui, {k: v for k, v in schemas.items()})

@@ -184,7 +184,9 @@ def snapshots(comfyui: Any, comfy_models: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("name", ["bonsai-image-ternary-4B-gemlite-2bit", "bonsai-image-binary-4B-mlx-1bit", "bonsai-image-ternary-4B-unpacked"])
+@pytest.mark.parametrize(
+    "name", ["bonsai-image-ternary-4B-gemlite-2bit", "bonsai-image-binary-4B-mlx-1bit", "bonsai-image-ternary-4B-unpacked"]
+)
 def test_pipeline_loader_gives_model_clip_vae(comfyui: Any, snapshots: dict[str, Path], name: str) -> None:
     import comfy.model_patcher
     import comfy.sd
