@@ -37,12 +37,8 @@ NOTE = (
 def build(wg) -> tuple[list, str]:
     nodes, model, clip, vae = bw._loaders_pipeline(wg, bw.TERNARY_SNAPSHOT)
     nodes += [
-        wg.Node(
-            5, "LoraLoaderModelOnly", {"lora_name": LORAS[0], "strength_model": 1.0}, {"model": model}, pos=(-420, 380), title="LoRA 1"
-        ),
-        wg.Node(
-            6, "LoraLoaderModelOnly", {"lora_name": LORAS[1], "strength_model": 0.6}, {"model": (5, 0)}, pos=(-420, 500), title="LoRA 2"
-        ),
+        wg.Node(5, "LoraLoaderModelOnly", {"lora_name": LORAS[0], "strength_model": 1.0}, {"model": model}, pos=(-420, 380), title="LoRA 1"),
+        wg.Node(6, "LoraLoaderModelOnly", {"lora_name": LORAS[1], "strength_model": 0.6}, {"model": (5, 0)}, pos=(-420, 500), title="LoRA 2"),
     ]
     nodes += bw._text(wg, clip, bw.T2I_PROMPT)
     nodes += bw._sampling(wg, (6, 0), (10, 0), (11, 0), 1024, 1024, seed=42)
