@@ -136,8 +136,15 @@ _tables: dict[str, MeasuredTable] = {}
 _tables_lock = threading.Lock()
 
 
+_by_device: dict[str, MeasuredTable] = {}
+
+
 def get_table(device: torch.device) -> MeasuredTable:
     """The table for ``device``'s GPU model and software versions (one per process)."""
+    # called for every linear of every step: skip device_tag() (device properties, a regex)
+    fast = _by_device.get(str(device))
+    if fast is not None:
+        return fast
     tag = device_tag(device)
     with _tables_lock:
         table = _tables.get(tag)
@@ -145,6 +152,7 @@ def get_table(device: torch.device) -> MeasuredTable:
             shipped = SHIPPED_DIR / f"{tag}.json"
             table = MeasuredTable(cache_dir(device) / DISPATCH_TABLE, tag, shipped if shipped.is_file() else None)
             _tables[tag] = table
+        _by_device[str(device)] = table
         return table
 
 
@@ -152,6 +160,7 @@ def reset_tables() -> None:
     """Forget loaded tables (tests; after changing ``BONSAI_CACHE_DIR``)."""
     with _tables_lock:
         _tables.clear()
+        _by_device.clear()
 
 
 # ---------------------------------------------------------------------------

@@ -108,3 +108,32 @@ def test_fused_dequant_bit_exact_on_gpu(bits: int, shape: tuple[int, int]) -> No
     x = torch.randn(77, k, device=dev, dtype=torch.bfloat16)
     y = lowbit_linear(x, codes, sc, bits, backend="triton_dequant", state={})
     assert torch.equal(y, torch.nn.functional.linear(x, dequantize(codes, sc, bits, torch.bfloat16)))
+
+
+def test_measured_table_picks_fastest_and_persists(tmp_path: Path) -> None:
+    from bonsai_core.autotune_table import MeasuredTable, entry_key, m_bucket
+
+    assert [m_bucket(m) for m in (1, 2, 3, 1536, 4608, 6144)] == [1, 2, 4, 2048, 8192, 8192]
+    key = entry_key("backend", 3072, 3072, 2, torch.bfloat16, 1536)
+    path = tmp_path / "dispatch.json"
+    table = MeasuredTable(path, "cpu-test")
+    calls: list[str] = []
+
+    def slow() -> None:
+        calls.append("slow")
+        sum(range(200_000))
+
+    def fast() -> None:
+        calls.append("fast")
+
+    def broken() -> None:
+        raise RuntimeError("no kernel for this shape")
+
+    assert table.pick(key, {"slow": slow, "broken": broken, "fast": fast}, torch.device("cpu")) == "fast"
+    calls.clear()
+    # a new process reads the remembered winner and measures nothing
+    again = MeasuredTable(path, "cpu-test")
+    assert again.pick(key, {"slow": slow, "fast": fast}, torch.device("cpu")) == "fast" and calls == []
+    # a shipped table answers when the user's cache has no entry
+    shipped = MeasuredTable(tmp_path / "empty.json", "cpu-test", shipped=path)
+    assert shipped.pick(key, {"slow": slow, "fast": fast}, torch.device("cpu")) == "fast" and calls == []
