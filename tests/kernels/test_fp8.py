@@ -103,6 +103,7 @@ def test_fp8_backend_through_dispatch(tmp_path: Path, monkeypatch: pytest.Monkey
     from bonsai_core import autotune_table
     from bonsai_core.dispatch import lowbit_linear, select_backend
 
+    monkeypatch.setattr(autotune_table, "SHIPPED_DIR", tmp_path / "no-shipped-table")  # measure, do not read the shipped one
     autotune_table.reset_tables()
     dev = torch.device("cuda")
     codes, sc = _layer(3072, 3072, 2, dev)
