@@ -37,8 +37,16 @@ PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 ARCH = "flux"  # what ComfyUI-GGUF's loader accepts for FLUX-family diffusion models
 
 
-def _np_bytes(t: gguf.ReaderTensor) -> np.ndarray:
-    return np.asarray(t.data).view(np.uint8)
+def _read_bytes(path: Path, t: gguf.ReaderTensor) -> np.ndarray:
+    """A tensor's raw bytes by a positioned read (the reader's memmap would keep every touched
+    page resident while converting)."""
+    buf = np.empty(t.n_bytes, np.uint8)
+    with open(path, "rb") as fh:
+        fh.seek(t.data_offset)
+        got = fh.readinto(buf)
+    if got != t.n_bytes:
+        raise BonsaiFormatError(path, t.name, f"read {got} of {t.n_bytes} bytes (truncated file?)")
+    return buf
 
 
 def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
@@ -91,10 +99,10 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
     def load_packed(key: str) -> PackedWeight:
         n, k = q_shapes[key]
         g = k // GROUP_SIZE
-        raw = _np_bytes(tensors[key])
+        raw = _read_bytes(f, tensors[key])
         if raw.size != n * g * Q1_BLOCK_BYTES:
             raise BonsaiFormatError(f, key, f"holds {raw.size} bytes, Q1_0 [{n}, {k}] needs {n * g * Q1_BLOCK_BYTES}")
-        blocks = torch.from_numpy(np.array(raw)).view(n, g, Q1_BLOCK_BYTES)
+        blocks = torch.from_numpy(raw).view(n, g, Q1_BLOCK_BYTES)
         d = blocks[..., :2].contiguous().view(torch.float16).view(n, g)
         codes = blocks[..., 2:].reshape(n, g * (GROUP_SIZE // 8))
         return PackedWeight(codes, compact_scales(d), 1)
@@ -102,9 +110,11 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
     def load_dense(key: str) -> torch.Tensor:
         t = tensors[key]
         shape = d_shapes[key]
+        raw_np = _read_bytes(f, t)
         if t.tensor_type == Q.Q8_0:
-            return torch.from_numpy(gguf.quants.dequantize(np.asarray(t.data), Q.Q8_0).astype(np.float32)).reshape(shape)
-        raw = torch.from_numpy(np.array(_np_bytes(t)))
+            rows = raw_np.reshape(-1, shape[-1] // 32 * 34)
+            return torch.from_numpy(gguf.quants.dequantize(rows, Q.Q8_0).astype(np.float32)).reshape(shape)
+        raw = torch.from_numpy(raw_np)
         return raw.view(DENSE_TYPES[t.tensor_type]).reshape(shape)
 
     meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="gguf", source_repo=_field_str(reader, "general.source.repo_url"))
