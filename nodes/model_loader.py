@@ -265,9 +265,9 @@ def load_bonsai_model(
     _check_backend(path, backend, bits, dtype)
     ops = make_bonsai_ops(backend, bits)
     try:
-        patcher = comfy.sd.load_diffusion_model_state_dict(
-            sd, model_options={"custom_operations": ops, "dtype": dtype}, disable_dynamic=disable_dynamic
-        )
+        # disable_dynamic only exists in ComfyUI versions with dynamic VRAM; pass it only when asked.
+        extra = {"disable_dynamic": True} if disable_dynamic else {}
+        patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops, "dtype": dtype}, **extra)
     except RuntimeError as e:  # torch's load_state_dict collects per-layer messages from BonsaiOps
         raise BonsaiFormatError(path, None, f"ComfyUI could not load the weights: {e}") from None
     if patcher is None:

@@ -186,7 +186,10 @@ class ComfyUISession:
         )
 
     def _link_pack(self) -> Path:
-        link = self.root / "custom_nodes" / PACK_DIR_NAME
+        custom_nodes = self.root / "custom_nodes"
+        if REPO.parent.resolve() == custom_nodes.resolve():
+            return REPO  # already installed as a custom node (under any folder name)
+        link = custom_nodes / PACK_DIR_NAME
         if link.is_symlink() or link.exists():
             if link.resolve() != REPO:
                 raise RuntimeError(f"{link} exists and is not a link to {REPO}; move it away to run the ComfyUI tests")

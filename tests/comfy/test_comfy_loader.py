@@ -151,3 +151,34 @@ def test_direct_load_of_truncated_file_names_file(comfyui, loader_mod, tmp_path)
     # The copy of a good file loads.
     shutil.copy(comfyui.models_dir / "diffusion_models" / canonical, bad)
     assert loader_mod.load_bonsai_model(bad) is not None
+
+
+def test_unresolved_weight_function_on_packed_layer_is_an_error(comfyui, loader_mod):
+    """ComfyUI's dense-weight patches must never be applied to packed codes, nor silently dropped."""
+    ops = comfyui.pack("nodes.ops")
+    name, _ = comfyui.tiny_model("binary")
+    layer = loader_mod.load_bonsai_model(comfyui.models_dir / "diffusion_models" / name).model.diffusion_model.single_blocks[0].linear2
+    x = torch.randn(1, 3, layer.in_features)
+    y = layer(x)
+    assert y.shape == (1, 3, layer.out_features) and y.dtype == x.dtype
+
+    class UnknownPatch:
+        def __call__(self, weight):
+            raise AssertionError("a dense-weight function reached packed data")
+
+    layer.weight_function = [UnknownPatch()]
+    with pytest.raises(ops.UnresolvedPatchError, match="single_blocks.0.linear2"):
+        layer(x)
+
+    def resolver(module, entry):
+        if not isinstance(entry, UnknownPatch):
+            return None
+        lowrank = comfyui.pack("bonsai_core.lowrank")
+        return [lowrank.LowRankBranch(torch.ones(1, module.in_features), torch.ones(module.out_features, 1), 0.5)]
+
+    ops.register_patch_resolver(resolver)
+    try:
+        expected = y + 0.5 * x.sum(-1, keepdim=True)
+        torch.testing.assert_close(layer(x), expected)
+    finally:
+        ops._PATCH_RESOLVERS.remove(resolver)

@@ -16,7 +16,7 @@ REQUIRED = {"BonsaiModelLoader", "BonsaiSampler"}
 def test_pack_loaded_by_comfyui_loader(comfyui):
     import nodes
 
-    assert nodes.LOADED_MODULE_DIRS["bonsai_image"] == os.path.abspath(comfyui.pack_path)
+    assert nodes.LOADED_MODULE_DIRS[comfyui.pack_path.name] == os.path.abspath(comfyui.pack_path)
     assert comfyui.pack_module.__file__ == str(comfyui.pack_path / "__init__.py")
     # V1 mappings would make ComfyUI ignore the V3 entry point.
     assert not hasattr(comfyui.pack_module, "NODE_CLASS_MAPPINGS")
@@ -33,7 +33,7 @@ def test_every_exported_node_is_registered(comfyui):
     assert REQUIRED <= set(exported)
     for node_id, node in exported.items():
         assert nodes.NODE_CLASS_MAPPINGS[node_id] is node
-        assert node.RELATIVE_PYTHON_MODULE == "custom_nodes.bonsai_image"
+        assert node.RELATIVE_PYTHON_MODULE == f"custom_nodes.{comfyui.pack_path.name}"
         info = node.GET_NODE_INFO_V1()  # what /object_info serves the frontend
         assert info["name"] == node_id and info["output"], node_id
     assert set(exported) == set(comfyui.pack_nodes)
