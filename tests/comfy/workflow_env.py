@@ -38,7 +38,7 @@ def load_json(path: Path) -> dict[str, Any]:
 
 
 def model_names(api: dict[str, Any]) -> dict[str, set[str]]:
-    """Model references in an API workflow by loader input: snapshots, canonical files, TE and VAE folders."""
+    """Model references in an API workflow by loader input: snapshots, canonical files, TE and VAE folders, LoRAs."""
     out: dict[str, set[str]] = {}
     for node in api.values():
         for key in ("snapshot", "model_name", "text_encoder", "vae_folder", "lora_name"):
@@ -79,6 +79,11 @@ def install_fixtures(models_dir: Path, input_dir: Path, comfy_root: Path) -> Non
             from bonsai_core.lora_fixture import make_lora_fixture
 
             make_lora_fixture(models_dir / "loras" / name, "tiny", rank=4, seed=i)
+    for i, name in enumerate(sorted(wanted.get("lora_name", set()))):
+        if not (models_dir / "loras" / name).is_file():
+            from bonsai_core.lora_fixture import make_lora_fixture
+
+            make_lora_fixture(models_dir / "loras" / name, "tiny", rank=4, seed=i)
     input_dir.mkdir(parents=True, exist_ok=True)
     for i, (name, (w, h)) in enumerate(sorted(EDIT_INPUT_SIZES.items())):
         make_test_image(input_dir / name, w, h, seed=i)
@@ -98,7 +103,7 @@ def for_test(api: dict[str, Any], prefix: str, size: int = TEST_SIZE) -> dict[st
 
     Text to image: the latent, scheduler and preset sampler sizes. Edit graphs take their size from
     reference 1 (256x256 on disk), so its scaling is set to ``size``^2 pixels. Tiled decoding gets
-    the smallest tile so a 128 px image is really decoded in several tiles.
+    96 px tiles so a 128 px image is really decoded in several overlapping tiles.
     """
     g = copy.deepcopy(api)
     for node in g.values():
@@ -110,7 +115,7 @@ def for_test(api: dict[str, Any], prefix: str, size: int = TEST_SIZE) -> dict[st
         elif t == "ImageScaleToTotalPixels":
             inputs["megapixels"] = size * size / (1024 * 1024)
         elif t == "VAEDecodeTiled":
-            inputs.update(tile_size=64, overlap=32)
+            inputs.update(tile_size=96, overlap=32)
         elif t == "SaveImage":
             inputs["filename_prefix"] = prefix
     return g
