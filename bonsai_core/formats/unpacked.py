@@ -108,8 +108,7 @@ def read_unpacked(path: str | os.PathLike[str], variant: str | None = None) -> B
 
     def load_module(mod: str) -> PackedWeight:
         key = f"{mod}.weight"
-        codes, scales, _ = quantize_exact(sh.get(key), bits, path=str(sh.where(key)), tensor=key)
-        return PackedWeight(codes, scales, bits)
+        return pack_rows(sh.get(key), bits, str(sh.where(key)), key)
 
     def group_amax(mod: str) -> torch.Tensor:
         w = sh.get(f"{mod}.weight")
@@ -133,12 +132,34 @@ def read_unpacked(path: str | os.PathLike[str], variant: str | None = None) -> B
     )
 
 
+CHUNK_ELEMENTS = 1 << 23  # quantize_exact's fp32 temporaries stay ~100 MB however large the layer
+
+
+def pack_rows(w: torch.Tensor, bits: int, path: str, key: str) -> PackedWeight:
+    """:func:`quantize_exact` over row blocks (rows are independent), so the working set is a
+    fraction of the layer; errors report rows of the whole tensor."""
+    n, k = w.shape
+    step = max(1, CHUNK_ELEMENTS // max(k, 1))
+    codes, scales = [], []
+    for r0 in range(0, n, step):
+        try:
+            c, s, _ = quantize_exact(w[r0 : r0 + step], bits, path=path, tensor=key)
+        except BonsaiFormatError as e:
+            if r0 and e.reason.startswith("row "):
+                row, rest = e.reason[4:].split(",", 1)
+                raise BonsaiFormatError(path, key, f"row {int(row) + r0},{rest}") from None
+            raise
+        codes.append(c)
+        scales.append(s.float())
+    return PackedWeight(torch.cat(codes), compact_scales(torch.cat(scales)), bits)
+
+
 def dense_bf16(path: Path, key: str, p: PackedWeight) -> torch.Tensor:
     """A packed layer as exact bf16 (refused when a scale is not a bf16 value)."""
     s = p.scales.float()
     if not torch.equal(s.to(torch.bfloat16).float(), s):
         raise BonsaiFormatError(path, key, "scales are not representable in bf16, so a bf16 dense copy would not be exact")
-    return p.dequantize(torch.float32).to(torch.bfloat16)
+    return p.dequantize(torch.bfloat16)  # exact: every product is +-s, 0
 
 
 def write_unpacked(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str]) -> Path:

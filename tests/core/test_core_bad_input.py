@@ -317,7 +317,11 @@ def test_gemlite_meta_scale_not_neutral(tiny: dict, tmp_path: Path) -> None:
     assert ei.value.tensor == f"{QKV}.meta_scale"
 
 
-def test_unpacked_not_two_or_three_values_per_group(tiny: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [1 << 23, 1024 * 3])  # one block; blocks of 3 rows (K = 1024): row 7 is in the third
+def test_unpacked_not_two_or_three_values_per_group(tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    import bonsai_core.formats.unpacked as unpacked
+
+    monkeypatch.setattr(unpacked, "CHUNK_ELEMENTS", chunk)
     root = _copy(tiny[("ternary", "unpacked")], tmp_path / "snap")
     f = root / "transformer" / "diffusion_pytorch_model.safetensors"
     key = "single_transformer_blocks.1.attn.to_out.weight"
