@@ -195,3 +195,35 @@ def test_dequantized_file_loads_in_stock_comfyui(tiny: dict, tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr[-3000:]
     assert "flux" in r.stdout.lower()
     assert f"mismatch 0 {len(bfl_quantized_layers(KLEIN_TINY)) + len(bfl_dense_tensors(KLEIN_TINY))}" in r.stdout
+
+
+def test_interrupt_inside_torch_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gemlite builds its dict first; the write itself is torch.save into the temp folder."""
+    import bonsai_core.formats.gemlite as gemlite
+
+    def half_save(obj: object, f: Path) -> None:
+        Path(f).write_bytes(b"PK\x03\x04 half an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gemlite.torch, "save", half_save)
+    with pytest.raises(KeyboardInterrupt):
+        gemlite.write_gemlite(synthetic_checkpoint("binary", "tiny", SEED), tmp_path / "snap")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
+
+
+def test_keyboard_interrupt_mid_canonical_write(tmp_path: Path) -> None:
+    ckpt = synthetic_checkpoint("ternary", "tiny", SEED)
+    calls = {"n": 0}
+    load = ckpt.load_packed
+
+    def interrupted(k: str):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return load(k)
+
+    ckpt.load_packed = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(ckpt, tmp_path / "c.safetensors", "canonical")
+    assert list(tmp_path.iterdir()) == []
