@@ -178,16 +178,52 @@ def open_bonsai(path: str | os.PathLike[str]) -> BonsaiCheckpoint:
     return detect.open_checkpoint(path)
 
 
+def source_fingerprint(path: Path) -> tuple[Any, ...]:
+    """Changes whenever the bytes ComfyUI would load change: (mtime, size) of the file, or of every
+    file of a snapshot's transformer pack."""
+    if path.is_file():
+        st = path.stat()
+        return (st.st_mtime_ns, st.st_size)
+    detect = _formats_detect()
+    target = path
+    if detect is not None:
+        try:
+            target = detect.detect_format(path)[1]
+        except (BonsaiFormatError, OSError, ValueError):
+            target = path
+    folder = target if target.is_dir() else target.parent
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            out.append((f.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+_problem_cache: dict[str, tuple[tuple[Any, ...], str | None]] = {}
+
+
 def describe_problem(path: Path) -> str | None:
-    """Header-level check used by prompt validation: None when the checkpoint opens, else the message."""
+    """Header-level check used by prompt validation: None when the checkpoint opens, else the message.
+
+    Cached per source fingerprint: validation runs on every queued prompt and opening a snapshot
+    reads its pickle index."""
     try:
-        ckpt = open_bonsai(path)
-    except BonsaiFormatError as e:
-        return f"{e}{_convert_hint(path)}"
+        fp = source_fingerprint(path)
     except OSError as e:
         return f"{path}: cannot read: {e}"
-    del ckpt
-    return None
+    hit = _problem_cache.get(str(path))
+    if hit is not None and hit[0] == fp:
+        return hit[1]
+    try:
+        open_bonsai(path)
+        problem = None
+    except BonsaiFormatError as e:
+        problem = f"{e}{_convert_hint(path)}"
+    except OSError as e:
+        problem = f"{path}: cannot read: {e}"
+    _problem_cache[str(path)] = (fp, problem)
+    return problem
 
 
 def _convert_hint(path: Path) -> str:
@@ -353,10 +389,10 @@ class BonsaiModelLoader(io.ComfyNode):
     def fingerprint_inputs(cls, model_name: str, backend: str, compute_dtype: str) -> Any:
         # A re-converted file under the same name must reload.
         try:
-            st = resolve_model(model_name).stat()
+            fp = source_fingerprint(resolve_model(model_name))
         except (BonsaiFormatError, OSError):
             return None
-        return (model_name, st.st_mtime_ns, st.st_size, backend, compute_dtype)
+        return (model_name, fp, backend, compute_dtype)
 
     @classmethod
     def execute(cls, model_name: str, backend: str, compute_dtype: str) -> io.NodeOutput:

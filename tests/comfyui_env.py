@@ -18,6 +18,7 @@ Use from a conftest::
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import re
@@ -241,6 +242,8 @@ class ComfyUISession:
 
     def run(self, prompt: dict[str, Any], *, fresh_cache: bool = True) -> PromptResult:
         """Validate and execute an API-format prompt; ``fresh_cache`` drops cached node outputs first."""
+        # The executor writes bookkeeping (e.g. "is_changed") into the prompt; a server gets fresh JSON per request.
+        prompt = copy.deepcopy(prompt)
         if fresh_cache:
             self.executor.reset()
         self.captured.clear()

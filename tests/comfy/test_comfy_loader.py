@@ -182,3 +182,27 @@ def test_unresolved_weight_function_on_packed_layer_is_an_error(comfyui, loader_
         torch.testing.assert_close(layer(x), expected)
     finally:
         ops._PATCH_RESOLVERS.remove(resolver)
+
+
+def test_replaced_file_reloads_and_is_revalidated(comfyui):
+    import os
+
+    fixtures = comfyui.pack("bonsai_core.fixtures")
+    d = comfyui.models_dir / "diffusion_models"
+    path = d / "swap.safetensors"
+    try:
+        fixtures.make_fixture("binary", "tiny", "canonical", 0, path)
+        prompt = recipe(bonsai_loader("swap.safetensors"), steps=1)
+        a = comfyui.run(prompt, fresh_cache=True)
+        assert a.success, a.error
+        fixtures.make_fixture("binary", "tiny", "canonical", 1, path)  # same name, other weights
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+        b = comfyui.run(prompt, fresh_cache=False)  # cached node outputs kept: only the fingerprint can force the reload
+        assert b.success, b.error
+        assert not torch.equal(a.latent(), b.latent())
+        _truncate_copy(path, d / "swap.tmp")
+        os.replace(d / "swap.tmp", path)
+        c = comfyui.run(prompt, fresh_cache=False)
+        assert not c.valid and "truncated" in c.node_errors["1"]["errors"][0]["details"]
+    finally:
+        path.unlink(missing_ok=True)
