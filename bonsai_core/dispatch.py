@@ -7,8 +7,9 @@ Order of decision for ``lowbit_linear(..., backend=...)``:
 3. else the selectors registered with :func:`register_selector` (newest first; the measured
    per-GPU table plugs in here), then the rules file ``dispatch-rules.json`` in the per-GPU
    cache folder (see :mod:`.kernel_cache`); the first available answer wins;
-4. else the static rules: CUDA sm80+ with gemlite and small M (decode-like, ``M <= 64``) and
-   fp16/bf16 -> ``gemlite``; Apple MPS -> ``mlx``; everything else -> ``torch``.
+4. else the static rules: CUDA sm80+ with gemlite, fp16/bf16, small M (decode-like, ``M <= 64``)
+   and a wide layer (``N >= 8192``) -> ``gemlite``; Apple MPS -> ``mlx``; everything else ->
+   ``torch`` (measured on an H100: docs/benchmarks/linear-h100.md).
 
 A requested backend that cannot run here (package missing, GPU too old, wrong device) falls
 back to ``torch`` with ONE warning per (backend, reason); nothing here fails at import.
@@ -46,7 +47,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
 AUTO_FP8 = "auto-fp8"  # like "auto", but the measured choice may also pick the (not bit-exact) fp8 backend
 _BACKEND_MODULES = BACKENDS  # old name, kept for callers of the minimal version
 FALLBACK = "torch"
-SMALL_M = 64  # gemlite's GEMV/split-K regime; at larger M dequant + cuBLAS wins (docs/benchmarks)
+SMALL_M = 64  # gemlite's GEMV/split-K regime; at larger M dequant + cuBLAS wins (docs/benchmarks/linear-h100.md)
+WIDE_N = 8192  # ... and only on wide layers
 
 Selector = Callable[[torch.device, torch.dtype, int, int, int | None, int | None], str | None]
 _selectors: list[Selector] = []
@@ -144,8 +146,12 @@ def _measured_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int
     return None
 
 
-def _static_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int) -> str:
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and m <= SMALL_M:
+def _static_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int, n: int | None = None) -> str:
+    # H100 (docs/benchmarks/linear-h100.md): gemlite beats dequant + cuBLAS only for few tokens
+    # on wide layers (N >= 9216: fused qkv, MLP in, single-block in); on 3072-wide outputs the
+    # torch path is as fast or faster at every M, and from M ~ 1536 torch wins everywhere.
+    wide = n is None or n >= WIDE_N
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and m <= SMALL_M and wide:
         reason = unavailable_reason("gemlite", device, dtype, bits)
         if reason is None:
             return "gemlite"
@@ -184,8 +190,8 @@ def select_backend(
         from .autotune_table import fp8_allowed
 
         with fp8_allowed():
-            return _measured_choice(device, dtype, bits, m, k, n) or _static_choice(device, dtype, bits, m)
-    return _measured_choice(device, dtype, bits, m, k, n) or _static_choice(device, dtype, bits, m)
+            return _measured_choice(device, dtype, bits, m, k, n) or _static_choice(device, dtype, bits, m, n)
+    return _measured_choice(device, dtype, bits, m, k, n) or _static_choice(device, dtype, bits, m, n)
 
 
 def _validate(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int) -> int:

@@ -8,7 +8,7 @@ platform's user cache folder (``~/.cache/bonsai-image`` on Linux, ``~/Library/Ca
 on macOS, ``%LOCALAPPDATA%\\bonsai-image\\Cache`` on Windows):
 
 * ``triton/``: Triton's own cache (``TRITON_CACHE_DIR`` is set only if the user has not set it);
-* ``gemlite-autotune.json``: gemlite's autotune table (``load_config``/``cache_config`` format);
+* ``gemlite-autotune-<gemlite version>.json``: gemlite's autotune table (``load_config``/``cache_config`` format);
 * ``dispatch.json``: the measured backend-selection table (:mod:`bonsai_core.autotune_table`);
 * ``dispatch-rules.json``: optional hand-written selection rules read by :mod:`bonsai_core.dispatch`
   before its static rules.
@@ -99,8 +99,13 @@ def ensure_triton_cache(device: torch.device | str | None = None) -> Path | None
     return path
 
 
-def gemlite_table_path(device: torch.device | str | None = None) -> Path:
-    return cache_dir(device) / GEMLITE_TABLE
+def gemlite_table_path(device: torch.device | str | None = None, gemlite_version: str | None = None) -> Path:
+    """gemlite's autotune table; per gemlite version, because tile configs of one release may
+    name kernel parameters another release does not have."""
+    if not gemlite_version:
+        return cache_dir(device) / GEMLITE_TABLE
+    stem, _, ext = GEMLITE_TABLE.rpartition(".")
+    return cache_dir(device) / f"{stem}-{re.sub(r'[^A-Za-z0-9._-]+', '_', gemlite_version)}.{ext}"
 
 
 def dispatch_table_path(device: torch.device | str | None = None) -> Path:

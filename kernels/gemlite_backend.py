@@ -28,6 +28,7 @@ import importlib.util
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,14 +91,19 @@ class _AutotuneTable:
     """
 
     def __init__(self) -> None:
-        self.loaded: set[str] = set()
+        self.paths: dict[str, Path] = {}  # device -> table path, resolved once (this runs per call)
         self.seen: set[tuple[Any, ...]] = set()
 
+    def path(self, device: torch.device) -> Path:
+        key = str(device)
+        if key not in self.paths:
+            self.paths[key] = gemlite_table_path(device, gemlite_version())
+        return self.paths[key]
+
     def load(self, gemlite: Any, device: torch.device) -> None:
-        path = gemlite_table_path(device)
-        if str(path) in self.loaded:
+        if str(device) in self.paths:
             return
-        self.loaded.add(str(path))
+        path = self.path(device)
         if path.is_file() and read_json(path) is not None:
             gemlite.core.GemLiteLinearTriton.load_config(str(path), print_error=False)
             log.info("loaded gemlite autotune table %s", path)
@@ -114,7 +120,7 @@ class _AutotuneTable:
     def save(self, gemlite: Any, device: torch.device) -> None:
         from ..atomic import atomic_path
 
-        path = gemlite_table_path(device)
+        path = self.path(device)
         cls = gemlite.core.GemLiteLinearTriton
         if path.is_file():  # merge what other processes wrote meanwhile
             cls.load_config(str(path), print_error=False)
@@ -205,8 +211,7 @@ class GemliteBackend(LowBitBackend):
     def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
         gemlite = _import_gemlite()
         device = x2d.device
-        ensure_triton_cache(device)
-        _TABLE.load(gemlite, device)
+        _TABLE.load(gemlite, device)  # once per device (check() already pointed Triton's cache)
         layer = self._layer(codes, scales, bits, state)
         m, k = x2d.shape
         n = codes.shape[0]
@@ -222,5 +227,5 @@ class GemliteBackend(LowBitBackend):
             torch.cuda.synchronize(device)
             _TABLE.seen.add((kind, sig))
             _TABLE.save(gemlite, device)
-            log.info("compiled %d×%d %s in %.1f s (cached in %s)", k, n, kind, time.perf_counter() - t0, gemlite_table_path(device).parent)
+            log.info("compiled %d×%d %s in %.1f s (cached in %s)", k, n, kind, time.perf_counter() - t0, _TABLE.path(device).parent)
         return y.to(x2d.dtype)

@@ -73,6 +73,16 @@ def test_cuda_without_usable_gemlite_uses_torch_and_says_why(caplog: pytest.LogC
     assert sum("gemlite" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_static_rule_keeps_narrow_layers_on_torch(caplog: pytest.LogCaptureFixture) -> None:
+    # measured on the H100: gemlite only pays off for few tokens on wide (N >= 8192) layers
+    # (the static rules directly: on a real GPU the measured selector answers first)
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
+        assert dispatch._static_choice(cuda, torch.bfloat16, 1, 1, n=3072) == "torch"
+        assert dispatch._static_choice(cuda, torch.bfloat16, 1, 4608, n=27648) == "torch"
+    assert not caplog.records  # gemlite was not even considered, so nothing to warn about
+
+
 def test_mps_prefers_mlx_when_importable() -> None:
     reason = dispatch.unavailable_reason("mlx", torch.device("mps"), torch.float16, 1)
     expected = "mlx" if reason is None else "torch"

@@ -26,6 +26,13 @@ def test_cache_root_env_override_and_platform_default(monkeypatch: pytest.Monkey
         assert user_cache_root() == tmp_path / "xdg" / "bonsai-image"
 
 
+def test_gemlite_table_is_per_gemlite_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BONSAI_CACHE_DIR", str(tmp_path))
+    a = kernel_cache.gemlite_table_path("cpu", "0.5.1.post1")
+    b = kernel_cache.gemlite_table_path("cpu", "0.6.0.post2")
+    assert a != b and a.name == "gemlite-autotune-0.5.1.post1.json" and a.parent == b.parent
+
+
 def test_device_tag_is_a_safe_folder_name() -> None:
     tag = device_tag("cpu")
     assert tag.startswith("cpu-torch") and "/" not in tag and " " not in tag
