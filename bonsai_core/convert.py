@@ -62,15 +62,14 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str = 
 
 def dense_specs(ckpt: BonsaiCheckpoint, dtype: torch.dtype = torch.bfloat16) -> list[TensorSpec]:
     """Every tensor dense in ``dtype`` under its BFL key (what stock ComfyUI loads)."""
-    inexact: list[str] = []
 
     def packed(key: str) -> torch.Tensor:
-        w = ckpt.load_packed(key).dequantize(torch.float32)
-        out = w.to(dtype)
-        if not torch.equal(out.float(), w):
-            inexact.append(key)
-            log.warning("%s: scales are not exact in %s; the dense copy is rounded", key, dtype)
-        return out
+        p = ckpt.load_packed(key)
+        s = p.scales.float()
+        if torch.equal(s.to(dtype).float(), s):
+            return p.dequantize(dtype)  # exact: every product is +-s or 0, and s is a value of dtype
+        log.warning("%s: scales are not exact in %s; the dense copy is rounded", key, dtype)
+        return p.dequantize(torch.float32).to(dtype)
 
     specs = [TensorSpec(k, dtype, tuple(s), lambda k=k: ckpt.load_dense(k).to(dtype)) for k, (_, s) in ckpt.dense_shapes.items()]
     specs += [TensorSpec(k, dtype, tuple(s), lambda k=k: packed(k)) for k, s in ckpt.packed_shapes.items()]

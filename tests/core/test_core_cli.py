@@ -227,3 +227,28 @@ def test_keyboard_interrupt_mid_canonical_write(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         write_checkpoint(ckpt, tmp_path / "c.safetensors", "canonical")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dequantize_warns_when_scales_are_not_bf16(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from bonsai_core.canonical import save_canonical
+    from bonsai_core.convert import dequantize_checkpoint
+    from bonsai_core.packing import PackedWeight
+
+    ckpt = synthetic_checkpoint("binary", "tiny", SEED)
+    key = next(iter(ckpt.packed_shapes))
+    load = ckpt.load_packed
+
+    def odd(k: str) -> PackedWeight:
+        p = load(k)
+        return PackedWeight(p.codes, p.scales.float() * (1 + 2**-12), p.bits) if k == key else p  # 13 significant bits: fp32 only
+
+    ckpt.load_packed = odd  # type: ignore[method-assign]
+    ckpt.extra = {}
+    src = tmp_path / "c.safetensors"
+    save_canonical(ckpt, src)
+    assert SafetensorsReader(src).dtype_name(key + "_scale") == "F32"
+    with caplog.at_level("WARNING"):
+        out = dequantize_checkpoint(src, tmp_path / "d.safetensors")
+    assert any(key in r.message and "not exact" in r.message for r in caplog.records)
+    dense = SafetensorsReader(out).get(key)
+    assert torch.equal(dense, odd(key).dequantize(torch.float32).to(torch.bfloat16))
