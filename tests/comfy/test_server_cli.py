@@ -113,28 +113,36 @@ def test_server_lists_pack_nodes_and_fixture_models(server: dict[str, Any]) -> N
 
 
 def _ui_for_test(ui: dict[str, Any], prefix: str, size: int) -> dict[str, Any]:
-    """The UI workflow with its size widgets set to ``size`` and SaveImage's prefix set (widget order per node)."""
+    """The UI workflow at ``size`` x ``size`` saving under ``prefix`` (what ``we.for_test`` does to API graphs,
+    applied to widget values in each node's widget order)."""
     for n in ui["nodes"]:
         v = n.get("widgets_values")
         if n["type"] == "EmptyFlux2LatentImage":
             v[0] = v[1] = size
         elif n["type"] == "Flux2Scheduler":
             v[1] = v[2] = size
+        elif n["type"] == "ImageScaleToTotalPixels":  # edit graphs: output size = scaled reference 1 (256x256 on disk)
+            v[1] = size * size / (1024 * 1024)
         elif n["type"] == "SaveImage":
             v[0] = prefix
     return ui
 
 
-@pytest.mark.parametrize("fmt", ["api", "ui"])
-def test_comfy_cli_run_produces_an_image(server: dict[str, Any], fmt: str) -> None:
+# API twin as is; UI files converted by comfy-cli against the server's /object_info: the plain
+# text-to-image graph, and the two-reference edit graph (widgets driven by links, chained ReferenceLatent).
+CASES = [("api", WORKFLOW), ("ui", WORKFLOW), ("ui", "bonsai_ternary_edit_2ref")]
+
+
+@pytest.mark.parametrize(("fmt", "stem"), CASES, ids=[f"{f}-{s}" for f, s in CASES])
+def test_comfy_cli_run_produces_an_image(server: dict[str, Any], fmt: str, stem: str) -> None:
     comfy_cli = _find_comfy_cli()
     if comfy_cli is None:
         pytest.fail("comfy-cli is not installed in this environment (pip install comfy-cli)")
-    prefix = f"cli_{fmt}_{WORKFLOW}"
+    prefix = f"cli_{fmt}_{stem}"
     if fmt == "api":
-        wf = we.for_test(we.load_json(we.API_DIR / f"{WORKFLOW}.json"), prefix)
+        wf = we.for_test(we.load_json(we.API_DIR / f"{stem}.json"), prefix)
     else:
-        wf = _ui_for_test(we.load_json(we.WORKFLOWS / f"{WORKFLOW}.json"), prefix, we.TEST_SIZE)
+        wf = _ui_for_test(we.load_json(we.WORKFLOWS / f"{stem}.json"), prefix, we.TEST_SIZE)
     wf_path = server["base"] / f"{prefix}.json"
     wf_path.write_text(json.dumps(wf))
     before = set(we.saved_images(server["out"], prefix))
