@@ -19,6 +19,9 @@ from typing import Any
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 UI_VERSION = 0.4
+# Registry ids the frontend/Manager use to offer installing a missing node (``properties.cnr_id``).
+CORE_CNR_ID = "comfy-core"
+PACK_CNR_ID = "bonsai-image"  # pyproject [project] name = the Comfy Registry id of this pack
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class NodeSchema:
     type: str
     inputs: tuple[InputSpec, ...]
     outputs: tuple[tuple[str, str], ...]  # (name, type)
+    python_module: str = "nodes"  # where ComfyUI loaded the class from ("custom_nodes.<pack>" for packs)
 
     @property
     def widgets(self) -> list[InputSpec]:
@@ -67,7 +71,8 @@ class NodeSchema:
                 specs.append(_input_spec(name, entry, section == "optional"))
         types = [str(t) for t in node_class.RETURN_TYPES]
         names = list(getattr(node_class, "RETURN_NAMES", None) or types)
-        return cls(type_name, tuple(specs), tuple((str(n), t) for n, t in zip(names, types)))
+        module = str(getattr(node_class, "RELATIVE_PYTHON_MODULE", None) or "nodes")
+        return cls(type_name, tuple(specs), tuple((str(n), t) for n, t in zip(names, types)), module)
 
 
 def _input_spec(name: str, entry: Any, optional: bool) -> InputSpec:
@@ -196,7 +201,10 @@ def to_ui(graph: Graph, schemas: dict[str, NodeSchema]) -> dict[str, Any]:
             "mode": 0,
             "inputs": inputs,
             "outputs": outputs,
-            "properties": {"Node name for S&R": n.type},
+            "properties": {
+                "cnr_id": PACK_CNR_ID if schema.python_module.startswith("custom_nodes.") else CORE_CNR_ID,
+                "Node name for S&R": n.type,
+            },
             "widgets_values": _widget_values(n, schema),
         }
         if n.title:
