@@ -217,3 +217,16 @@ def test_pipeline_loader_refuses_incomplete_snapshots(comfyui: Any, snapshots: d
             pipeline.load_pipeline(broken)
     finally:
         shutil.rmtree(broken)
+
+
+@pytest.mark.slow
+def test_full_size_vae_fixture_loads_as_the_released_geometry(comfyui: Any, vae_mod: Any, tmp_path: Path) -> None:
+    """The full-size fixture (the released geometry, 168 MB) through the loader: same file layout as the
+    release up to the safetensors header, and ComfyUI builds the standard 128-channel decoder from it."""
+    d = make_vae_fixture("full", 0, tmp_path / "vae")
+    size = (d / VAE_WEIGHTS_NAME).stat().st_size
+    assert abs(size - 168_120_878) < 1024, f"{size} bytes vs 168,120,878 released"
+    vae = vae_mod.load_flux2_vae(d)
+    assert vae.first_stage_model.decoder.conv_in.weight.shape == (512, 32, 3, 3)
+    out = vae.decode(torch.randn(1, 128, 2, 2, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (1, 32, 32, 3) and torch.isfinite(out).all()
