@@ -34,6 +34,7 @@ from .layout import (
     quant_json_bits,
     quantization_config,
     read_json,
+    release_pages,
     variant_for,
     write_json,
 )
@@ -135,19 +136,28 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
         return -modules[mod]["zeros"].float().t()
 
     def load_module(mod: str) -> PackedWeight:
-        return packed_from_gemlite(sd_path, mod, modules[mod], bits)
+        out = packed_from_gemlite(sd_path, mod, modules[mod], bits)  # copies out of the mmap
+        release_pages(*modules[mod].values())
+        return out
+
+    def load_dense(key: str) -> torch.Tensor:
+        t = dense[key].clone()
+        release_pages(dense[key])
+        return t
 
     qmap = bfl_quantized_layers(cfg)
 
     def scale_dtype(bk: str) -> torch.dtype:
-        return compact_scales(torch.cat([s_of(mod) for mod in qmap[bk]], 0)).dtype
+        dtype = compact_scales(torch.cat([s_of(mod) for mod in qmap[bk]], 0)).dtype
+        release_pages(*(modules[mod]["zeros"] for mod in qmap[bk]))
+        return dtype
 
     meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="gemlite", source_repo=guess_source_repo(d))
     return diffusers_to_bfl(
         sd_path,
         meta,
         load_module,
-        dense.__getitem__,
+        load_dense,
         {k: v.dtype for k, v in dense.items()},
         bytes_on_disk=sd_path.stat().st_size,
         scale_dtypes=LazyScaleDtypes(list(qmap), scale_dtype),

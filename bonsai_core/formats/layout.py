@@ -335,3 +335,43 @@ def packed_from_affine(
         return PackedWeight(codes, compact_scales(s.contiguous()), bits)
     except ValueError as e:
         raise BonsaiFormatError(path, f"{module}.{names[0]}", str(e)) from e
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    fn = libc.madvise
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+_MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim the range; non-destructive (clean file pages are re-read on access)
+_PAGE = 4096
+
+
+def release_pages(*tensors: torch.Tensor) -> None:
+    """Hint the kernel to take the pages of memory-mapped source tensors out of this process's
+    resident set once a layer is converted (``torch.load(mmap=True)`` keeps every touched page
+    mapped otherwise). MADV_PAGEOUT never discards data, so this is safe on any memory; where it
+    is unsupported (other OSes, old kernels) it does nothing."""
+    if _MADVISE is None:
+        return
+    for t in tensors:
+        st = t.untyped_storage()
+        start, n = st.data_ptr(), st.nbytes()
+        if n < _PAGE:
+            continue
+        lo = (start + _PAGE - 1) // _PAGE * _PAGE  # whole pages inside the storage only
+        hi = (start + n) // _PAGE * _PAGE
+        if hi > lo:
+            _MADVISE(lo, hi - lo, _MADV_PAGEOUT)
