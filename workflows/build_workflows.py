@@ -295,6 +295,8 @@ def build_all(schemas: dict, out_dir: Path = HERE) -> list[Path]:
                 "\n\nThis graph uses the three loader nodes; the model loader reads the canonical file "
                 f"`models/diffusion_models/bonsai-image-{variant}-4B.safetensors` (`download {variant} --to-canonical`)."
             )
+        if any(n.type == "LoadImage" for n in nodes):
+            note += "\n\nUpload your own picture(s) in the *Reference image* node(s); the output takes the size of reference 1."
         graph = wg.Graph(stem, nodes, notes=[(note, (-420, -260), (380, 300))])
         ui = wg.to_ui(graph, schemas)
         problems = wg.validate_ui(ui, {k: v for k, v in schemas.items()})
