@@ -157,3 +157,24 @@ def test_canonical_file_size_and_dtypes(tiny: dict) -> None:
         assert kinds == {"F16"}
         assert {r.dtype_name(k) for k in bfl_quantized_layers(KLEIN_TINY)} == {"U8"}
         assert {r.dtype_name(k) for k in bfl_dense_tensors(KLEIN_TINY)} == {"BF16"}
+
+
+def test_sharded_unpacked_with_index(tiny: dict, tmp_path: Path) -> None:
+    import json
+
+    from bonsai_core.safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
+
+    src = tiny[("ternary", "unpacked")] / "transformer" / "diffusion_pytorch_model.safetensors"
+    r = SafetensorsReader(src)
+    keys = r.keys()
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        name = f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"
+        write_safetensors(folder / name, [TensorSpec(k, r.get(k).dtype, r.shape(k), lambda k=k: r.get(k)) for k in part])
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    ckpt = open_checkpoint(tmp_path)
+    assert ckpt.meta.source_format == "unpacked"
+    assert_same_weights(ckpt, synthetic_checkpoint("ternary", "tiny", SEED))
