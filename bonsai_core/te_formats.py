@@ -314,7 +314,12 @@ def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
     if entry.get("bias") is not None:
         raise BonsaiFormatError(file, name, "HQQ linear has a bias; Qwen3 linears have none")
     return Packed4Bit(
-        hqq_unpack_to_codes(w_q, (n, k), gs), scale.detach().reshape(n, k // gs), zero.detach().reshape(n, k // gs), "hqq", gs
+        hqq_unpack_to_codes(w_q, (n, k), gs),
+        # copies, not views: a view would keep the whole memory-mapped qmodel.pt (incl. the raw W_q) alive
+        scale.detach().reshape(n, k // gs).clone(),
+        zero.detach().reshape(n, k // gs).clone(),
+        "hqq",
+        gs,
     )
 
 
@@ -355,7 +360,7 @@ def read_hqq(folder: str | os.PathLike[str]) -> TEWeights:
         for k, v in entry.items():
             if not isinstance(v, torch.Tensor):
                 raise BonsaiFormatError(file, f"{name}.{k}", f"expected a tensor, got {type(v).__name__}")
-            te.dense[f"{name}.{k}"] = v.detach()
+            te.dense[f"{name}.{k}"] = v.detach().clone()  # see _hqq_linear: drop the file mapping
     _check_complete(te, file)
     return te
 

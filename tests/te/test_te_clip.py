@@ -8,6 +8,7 @@ Qwen3-4B (36 x 2560) is checked structurally (meta device) and arithmetically.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import ModuleType
 
@@ -75,21 +76,13 @@ def test_embeddings_equal_stock_qwen3_with_dequantized_weights(
     assert torch.equal(extra["attention_mask"], want_extra["attention_mask"])
 
 
-def test_two_sections_concatenate_like_stock(te_node, te_formats, tiny_tes) -> None:  # noqa: ANN001
-    """Two 512-token sections (ComfyUI's long-prompt path) give [1, 1024, 3*hidden], as stock."""
-    clip = te_node.load_packed_clip(tiny_tes["mlx"])
-    ref = _reference_clip(te_node, te_formats, tiny_tes["mlx"])
-    tokens = clip.tokenize(PROMPTS[0])
-    tokens["qwen3_4b"] = tokens["qwen3_4b"] + clip.tokenize(PROMPTS[1])["qwen3_4b"]
-    out = clip.encode_from_tokens(tokens)
-    assert out.shape == (1, 1024, 384)
-    assert torch.equal(out, ref.encode_from_tokens(tokens))
-
-
 @pytest.mark.parametrize("which", ["hqq", "mlx"])
-def test_state_holds_packed_bytes(te_node, te_formats, tiny_tes, which: str) -> None:  # noqa: ANN001
+def test_state_holds_packed_bytes(te_node, te_formats, tiny_tes, which: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     te = te_formats.read_te(tiny_tes[which])
-    clip = te_node.load_packed_clip(tiny_tes[which])
+    with caplog.at_level(logging.DEBUG):
+        clip = te_node.load_packed_clip(tiny_tes[which])
+    # every tensor found its module: ComfyUI logs missing/unexpected CLIP keys
+    assert not [r.getMessage() for r in caplog.records if "clip missing" in r.getMessage() or "clip unexpected" in r.getMessage()]
     patcher = clip.patcher
     model = patcher.model
     # ComfyUI's accounting (what it moves and frees) is the packed size (+ the 4-byte logit_scale)
