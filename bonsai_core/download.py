@@ -114,7 +114,7 @@ class DownloadResult:
     local_dir: Path
     files: list[str]
     total_bytes: int
-    downloaded: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)  # transferred in this run (the rest was already on disk)
     canonical: Path | None = None
 
 
@@ -276,36 +276,53 @@ def download(
         start = done
 
         from_callback: list[BaseException] = []
+        fetched = [0]
 
-        def on_bytes(n: int, _rel: str = rel, _from_callback: list[BaseException] = from_callback) -> None:
+        def on_bytes(n: int, _rel: str = rel, _from_callback: list[BaseException] = from_callback, _fetched: list[int] = fetched) -> None:
             nonlocal done
             done += n
+            _fetched[0] += n
             try:
                 report(done, total, _rel)
             except BaseException as exc:  # e.g. ComfyUI's interrupt: must reach the caller unchanged
                 _from_callback.append(exc)
                 raise
 
-        try:
-            hf_hub_download(
-                repo_id, rel, revision=commit, local_dir=target, endpoint=endpoint, token=token, tqdm_class=_progress_bar_class(on_bytes)
-            )
-        except Exception as e:
-            if from_callback and e is from_callback[-1]:
-                raise
-            if _is_network_error(e):
-                raise DownloadError(_offline_message(repo_id, target, files, e, endpoint_url)) from e
-            raise DownloadError(f"{repo_id}: downloading {rel} failed: {type(e).__name__}: {e}") from e
-        try:
-            verify_file(local, rf)
-        except DownloadError:
-            local.unlink(missing_ok=True)  # never leave a bad file where a loader would pick it up
-            _forget_local_metadata(target, rel)
-            raise
+        existed = local.is_file()
+        for attempt in (0, 1):
+            try:
+                hf_hub_download(
+                    repo_id,
+                    rel,
+                    revision=commit,
+                    local_dir=target,
+                    endpoint=endpoint,
+                    token=token,
+                    force_download=attempt > 0,
+                    tqdm_class=_progress_bar_class(on_bytes),
+                )
+            except Exception as e:
+                if from_callback and e is from_callback[-1]:
+                    raise
+                if _is_network_error(e):
+                    raise DownloadError(_offline_message(repo_id, target, files, e, endpoint_url)) from e
+                raise DownloadError(f"{repo_id}: downloading {rel} failed: {type(e).__name__}: {e}") from e
+            try:
+                verify_file(local, rf)
+                break
+            except DownloadError as bad:
+                local.unlink(missing_ok=True)  # never leave a bad file where a loader would pick it up
+                _forget_local_metadata(target, rel)
+                if attempt or not existed:
+                    raise
+                # a file already on disk (damaged or replaced since) that huggingface_hub trusted: fetch it once more
+                log.warning("%s; downloading it again", bad)
+                done = start
         done = start + rf.size
         report(done, total, rel)
         verified[rel] = [rf.size, local.stat().st_mtime_ns]
-        result.downloaded.append(rel)
+        if fetched[0]:
+            result.downloaded.append(rel)
         _write_manifest(target, {"repo_id": repo_id, "commit": commit, "verified": verified})
     if to_canonical:
         out_dir = Path(diffusion_models_dir).expanduser().resolve() if diffusion_models_dir else models / "diffusion_models"
