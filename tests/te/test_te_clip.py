@@ -185,6 +185,14 @@ def test_tokenizer_mismatch_is_an_error(te_node, te_pack, tiny_tes, tmp_path: Pa
         te_node.verify_tokenizer(str(tok))
 
 
+def test_unloadable_shipped_tokenizer_only_warns(te_node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    (tmp_path / "vocab.json").write_text("not json")
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "Qwen2Tokenizer"}')
+    with caplog.at_level(logging.WARNING):
+        assert te_node.verify_tokenizer(str(tmp_path)) == []
+    assert "cannot load the shipped tokenizer" in caplog.text
+
+
 def test_corrupt_file_fails_the_node_naming_the_file(comfyui, comfy_models: Path, tiny_tes) -> None:  # noqa: ANN001
     import shutil
 
