@@ -389,10 +389,13 @@ def read_mlx(folder: str | os.PathLike[str]) -> TEWeights:
     folder = Path(folder)
     config = read_config(folder)
     quant = config.get("quantization") or config.get("quantization_config") or {}
-    bits, gs = quant.get("bits", 4), quant.get("group_size", TE_GROUP_SIZE)
+    bits = quant.get("bits", 4)
     if bits != 4:
         raise BonsaiFormatError(folder / "config.json", None, f"quantization bits={bits}; only 4-bit text encoders are supported")
     te = TEWeights(config=config, packed={}, dense={}, layout="mlx", path=folder)
+    # in_features per quantized tensor from config.json: tells 4-bit words apart from other widths
+    in_features = {k: shape[1] for k, shape in expected_linear_shapes(config).items()}
+    in_features["model.embed_tokens.weight"] = config["hidden_size"]
     for file in _mlx_files(folder):
         reader = SafetensorsReader(file)
         keys = set(reader.keys())
@@ -409,20 +412,26 @@ def read_mlx(folder: str | os.PathLike[str]) -> TEWeights:
             if base is not None and base + ".scales" in keys:
                 if base + ".biases" not in keys:
                     raise BonsaiFormatError(file, base + ".biases", "tensor is missing (MLX affine quantization stores scales and biases)")
-                te.packed[name] = _mlx_packed(reader, base, gs, file)
+                te.packed[name] = _mlx_packed(reader, base, in_features.get(name), file)
             else:
                 te.dense[name] = reader.get(key)
     _check_complete(te, folder / MLX_FILE)
     return te
 
 
-def _mlx_packed(reader: SafetensorsReader, base: str, gs: int, file: Path) -> Packed4Bit:
+def _mlx_packed(reader: SafetensorsReader, base: str, k: int | None, file: Path) -> Packed4Bit:
+    """One mlx-lm quantized tensor; the group size is read from its shapes (mlx-lm allows per-layer overrides)."""
     wname = base + ".weight"
     if reader.dtype_name(wname) != "U32":
         raise BonsaiFormatError(file, wname, f"quantized weight is {reader.dtype_name(wname)}, expected U32")
     (n, words), (sn, g) = reader.shape(wname), reader.shape(base + ".scales")
-    if sn != n or words * 8 != g * gs or reader.shape(base + ".biases") != (sn, g):
-        raise BonsaiFormatError(file, wname, f"uint32 [{n}, {words}] with scales {[sn, g]} is not 4-bit with group size {gs}")
+    if k is not None and words * 8 != k:
+        raise BonsaiFormatError(
+            file, wname, f"uint32 [{n}, {words}] holds {words * 32 // k}-bit codes for in_features {k}; only 4-bit is supported"
+        )
+    gs = words * 8 // g if g else 0
+    if sn != n or gs not in (32, 64, 128) or words * 8 != g * gs or reader.shape(base + ".biases") != (sn, g):
+        raise BonsaiFormatError(file, wname, f"uint32 [{n}, {words}] with scales {[sn, g]} is not 4-bit with group size 32, 64 or 128")
     codes = reader.get(wname).view(torch.uint8)  # little-endian words: LSB-first nibbles = our byte order
     return Packed4Bit(codes, reader.get(base + ".scales"), reader.get(base + ".biases"), "mlx", gs)
 

@@ -293,3 +293,40 @@ def test_mlx_bad_files(tmp_path: Path) -> None:
 def test_not_a_te_folder(tmp_path: Path) -> None:
     with pytest.raises(BonsaiFormatError, match="no 4-bit text encoder"):
         read_te(tmp_path)
+
+
+def _mlx_folder(tmp_path: Path, override: dict[str, dict[str, int]]) -> dict[str, np.ndarray]:
+    """An mlx-lm style folder written by MLX itself; ``override`` gives per-tensor bits/group_size."""
+    mx = _mx()
+    rng = np.random.default_rng(7)
+    arrays: dict[str, object] = {}
+    want: dict[str, np.ndarray] = {}
+    shapes = {**expected_linear_shapes(MINI), "model.embed_tokens.weight": (MINI["vocab_size"], MINI["hidden_size"])}
+    for name, (n, k) in shapes.items():
+        q_args = {"group_size": 64, "bits": 4, **override.get(name, {})}
+        w = mx.array(rng.standard_normal((n, k)).astype(np.float32) * 0.05).astype(mx.bfloat16)
+        q, s, b = mx.quantize(w, **q_args)
+        base = name[: -len(".weight")]
+        arrays[name], arrays[base + ".scales"], arrays[base + ".biases"] = q, s, b
+        want[name] = np.array(mx.dequantize(q, s, b, **q_args).astype(mx.float32))
+    for name, shape in expected_dense_shapes(MINI).items():
+        if name not in shapes:
+            arrays[name] = mx.ones(shape, dtype=mx.bfloat16)
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), arrays)
+    (tmp_path / "config.json").write_text(json.dumps({**MINI, "quantization": {"group_size": 64, "bits": 4}}))
+    return want
+
+
+def test_mlx_per_layer_group_size_is_read_from_shapes(tmp_path: Path) -> None:
+    name = "model.layers.1.mlp.down_proj.weight"
+    want = _mlx_folder(tmp_path, {name: {"group_size": 32}})
+    te = read_mlx(tmp_path)
+    assert te.packed[name].group_size == 32
+    np.testing.assert_array_equal(te.packed[name].dequantize(torch.bfloat16).float().numpy(), want[name])
+
+
+def test_mlx_other_bit_width_is_refused(tmp_path: Path) -> None:
+    _mlx_folder(tmp_path, {"model.layers.0.self_attn.v_proj.weight": {"bits": 8}})
+    with pytest.raises(BonsaiFormatError) as e:
+        read_mlx(tmp_path)
+    assert e.value.tensor == "model.layers.0.self_attn.v_proj.weight" and "8-bit codes" in str(e.value)
