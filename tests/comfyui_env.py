@@ -354,10 +354,21 @@ def start_comfyui(models_dir: Path) -> ComfyUISession:
     return _SESSION
 
 
+_MODELS_DIR: Path | None = None
+
+
 @pytest.fixture(scope="session")
 def comfy_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The temporary models root the ComfyUI session searches first (``diffusion_models/``, ``bonsai/``, ...)."""
-    return tmp_path_factory.mktemp("comfy_models")
+    """The temporary models root the ComfyUI session searches first (``diffusion_models/``, ``bonsai/``, ...).
+
+    One folder per process: each conftest that re-exports this fixture gets its own fixture
+    definition, but there is only one ComfyUI (and one set of model folders) per process."""
+    global _MODELS_DIR
+    if _SESSION is not None:
+        return _SESSION.models_dir
+    if _MODELS_DIR is None:
+        _MODELS_DIR = tmp_path_factory.mktemp("comfy_models")
+    return _MODELS_DIR
 
 
 @pytest.fixture(scope="session")
