@@ -9,12 +9,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..canonical import CANONICAL_MARKER, load_canonical
+from ..canonical import CANONICAL_MARKER, load_canonical, scale_key
 from ..checkpoint import BonsaiCheckpoint
 from ..errors import BonsaiFormatError
+from ..packing import PackedWeight
 from ..safetensors_io import read_header
 from . import gemlite, mlx, unpacked
 from .layout import check_expected_variant, variant_for
+from .rawread import RawSafetensors
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,24 @@ def detect_format(path: str | os.PathLike[str]) -> tuple[str, Path]:
 
 
 def _read_canonical(path: Path, variant: str | None) -> BonsaiCheckpoint:
-    ckpt = load_canonical(path)
+    ckpt = load_canonical(path)  # validates metadata, key set and shapes
     variant_for(path, ckpt.meta.bits, variant)
+    # Serve the data with positioned reads: load_canonical's safetensors handle is a memory map,
+    # whose touched pages would stay resident for the whole conversion.
+    raw = RawSafetensors(path)
+    bits = ckpt.meta.bits
+
+    def load_packed(key: str) -> PackedWeight:
+        if key not in ckpt.packed_shapes:
+            raise BonsaiFormatError(path, key, "not a quantized layer")
+        codes, scales = raw.get(key), raw.get(scale_key(key))
+        try:
+            return PackedWeight(codes, scales, bits)
+        except ValueError as e:
+            raise BonsaiFormatError(path, key, str(e)) from e
+
+    ckpt.load_packed = load_packed
+    ckpt.load_dense = raw.get
     return ckpt
 
 
