@@ -21,7 +21,7 @@ VALUES = {1: np.array([-1.0, 1.0]), 2: np.array([-1.0, 0.0, 1.0])}
 
 @st.composite
 def packed_weights(draw: st.DrawFn, bits: int | None = None) -> PackedWeight:
-    """Random canonical layers: any bits, 1-4 rows... 1-3 groups, bf16-exact positive scales."""
+    """Random canonical layers: 1 or 2 bits, 1-6 rows, 1-3 groups, bf16-exact positive scales."""
     bits = draw(st.sampled_from([1, 2])) if bits is None else bits
     n = draw(st.integers(1, 6))
     groups = draw(st.integers(1, 3))
