@@ -91,14 +91,24 @@ def test_snapshot_fixture_is_the_released_tree(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def own_models(comfyui: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A models root searched first while this module runs (and forgotten afterwards), so these fixtures,
+    named like real releases, do not show up in other modules' listings."""
+    import workflow_env as we
+
+    with we.models_root(comfyui.folder_paths, tmp_path_factory.mktemp("vae_pipeline_models")) as root:
+        yield root
+
+
+@pytest.fixture(scope="module")
 def vae_mod(comfyui: Any) -> Any:
     return comfyui.pack("nodes.vae")
 
 
 @pytest.fixture(scope="module")
-def vae_dir(comfy_models: Path) -> Path:
+def vae_dir(own_models: Path) -> Path:
     """A snapshot-shaped folder holding only a VAE: models/bonsai/vae-only-test/vae."""
-    return make_vae_fixture("tiny", 11, comfy_models / "bonsai" / "vae-only-test" / "vae")
+    return make_vae_fixture("tiny", 11, own_models / "bonsai" / "vae-only-test" / "vae")
 
 
 def test_vae_loader_lists_and_loads_a_stock_vae(comfyui: Any, vae_mod: Any, vae_dir: Path) -> None:
@@ -117,9 +127,9 @@ def test_vae_loader_lists_and_loads_a_stock_vae(comfyui: Any, vae_mod: Any, vae_
     assert out.shape == (1, 64, 96, 3) and torch.isfinite(out).all()
 
 
-def test_vae_loader_equals_stock_vaeloader(comfyui: Any, vae_mod: Any, vae_dir: Path, comfy_models: Path) -> None:
+def test_vae_loader_equals_stock_vaeloader(comfyui: Any, vae_mod: Any, vae_dir: Path, own_models: Path) -> None:
     """The documented stock route (the file in models/vae + stock Load VAE) gives the same VAE."""
-    shutil.copyfile(vae_dir / VAE_WEIGHTS_NAME, comfy_models / "vae" / "bonsai-flux2-vae-test.safetensors")
+    shutil.copyfile(vae_dir / VAE_WEIGHTS_NAME, own_models / "vae" / "bonsai-flux2-vae-test.safetensors")
     (stock,) = comfyui.nodes.NODE_CLASS_MAPPINGS["VAELoader"]().load_vae("bonsai-flux2-vae-test.safetensors")
     ours = vae_mod.load_flux2_vae(vae_dir)
     lat = torch.randn(1, 128, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -172,15 +182,13 @@ def test_vae_loader_errors_name_file_and_tensor(vae_mod: Any, vae_dir: Path, tmp
 
 
 @pytest.fixture(scope="module")
-def snapshots(comfyui: Any, comfy_models: Path) -> dict[str, Path]:
+def snapshots(comfyui: Any, own_models: Path) -> dict[str, Path]:
     tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
     out = {}
     for variant, layout in (("ternary", "gemlite"), ("binary", "mlx"), ("ternary", "unpacked")):
         name = snapshot_repo_name(variant, layout)
-        target = comfy_models / "bonsai" / name
-        out[name] = (
-            target if target.is_dir() else make_snapshot_fixture(variant, layout, comfy_models / "bonsai", seed=1, tokenizer_src=tok)
-        )
+        target = own_models / "bonsai" / name
+        out[name] = target if target.is_dir() else make_snapshot_fixture(variant, layout, own_models / "bonsai", seed=1, tokenizer_src=tok)
     return out
 
 
@@ -202,10 +210,10 @@ def test_pipeline_loader_gives_model_clip_vae(comfyui: Any, snapshots: dict[str,
     assert vae.latent_channels == 128
 
 
-def test_pipeline_loader_refuses_incomplete_snapshots(comfyui: Any, snapshots: dict[str, Path], comfy_models: Path) -> None:
+def test_pipeline_loader_refuses_incomplete_snapshots(comfyui: Any, snapshots: dict[str, Path], own_models: Path) -> None:
     pipeline = comfyui.pack("nodes.pipeline")
     src = snapshots["bonsai-image-ternary-4B-gemlite-2bit"]
-    broken = comfy_models / "bonsai" / "broken-no-vae"
+    broken = own_models / "bonsai" / "broken-no-vae"
     shutil.copytree(src, broken, ignore=shutil.ignore_patterns("vae"))
     try:
         assert "broken-no-vae/" not in pipeline.list_snapshots()

@@ -35,25 +35,32 @@ MIN_STD = 4.0  # pixel std (0..255) below this is a blank / flat image
 
 
 @pytest.fixture(scope="module")
-def wf_env(comfyui: Any, comfy_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """ComfyUI with tiny fixtures under every name the workflows use and the edit inputs in a temp input dir."""
+def wf_env(comfyui: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """ComfyUI with tiny fixtures under every name the workflows use (searched first while this module runs)
+    and the edit inputs in a temporary input folder."""
     import server
 
     fp = comfyui.folder_paths
     old_input = fp.get_input_directory()
     input_dir = tmp_path_factory.mktemp("comfy_input")
-    we.install_fixtures(comfy_models, input_dir, comfyui.root)
-    fp.set_input_directory(str(input_dir))
+    models = tmp_path_factory.mktemp("wf_models")
     # GetImageSize reports its result through PromptServer.instance.send_progress_text (as the server
     # would, over the websocket); the harness's recording server stands in for it.
     had_instance = hasattr(server.PromptServer, "instance")
-    if not had_instance:
-        comfyui.server.send_progress_text = lambda text, node_id, sid=None: comfyui.server.send_sync("progress_text", (node_id, text), sid)
-        server.PromptServer.instance = comfyui.server
-    yield comfyui
-    if not had_instance:
-        del server.PromptServer.instance
-    fp.set_input_directory(old_input)
+    with we.models_root(fp, models):
+        we.install_fixtures(models, input_dir, comfyui.root)
+        fp.set_input_directory(str(input_dir))
+        if not had_instance:
+            comfyui.server.send_progress_text = lambda text, node_id, sid=None: comfyui.server.send_sync(
+                "progress_text", (node_id, text), sid
+            )
+            server.PromptServer.instance = comfyui.server
+        try:
+            yield comfyui
+        finally:
+            if not had_instance:
+                del server.PromptServer.instance
+            fp.set_input_directory(old_input)
 
 
 @pytest.fixture(scope="module")
