@@ -136,6 +136,9 @@ def load_pipeline(
         raise BonsaiFormatError(
             folder, None, "the snapshot has no text encoder folder (text_encoder-hqq-4bit/, text_encoder-mlx-4bit/ or text_encoder/)"
         )
+    # Header-only VAE checks first: a broken vae/ should fail before the transformer is loaded.
+    vae.read_vae_config(vae_dir)
+    vae.check_vae_weights(vae_dir / vae.VAE_WEIGHTS_NAME)
     model = model_loader.load_bonsai_model(folder, backend, compute_dtype)
     if dense_te_folder(folder) == te_dir:
         if (folder / "tokenizer").is_dir():  # as the 4-bit loader does: ComfyUI's tokenizer must agree with the shipped one
@@ -180,6 +183,25 @@ class BonsaiPipelineLoader(io.ComfyNode):
             ],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, snapshot: str) -> bool | str:
+        # Taking snapshot here replaces ComfyUI's "value not in list" check with a precise message at
+        # queue time (transformer header, VAE header), as the model loader node does for its files.
+        if Path(snapshot).is_absolute() or ".." in Path(snapshot).parts:
+            return f"{snapshot!r}: not a snapshot folder name under models/bonsai"
+        try:
+            folder = model_loader.resolve_model(snapshot)
+            problem = model_loader.describe_problem(folder)
+            if problem is not None:
+                return problem
+            vae.read_vae_config(folder / vae.VAE_SUBDIR)
+            vae.check_vae_weights(folder / vae.VAE_SUBDIR / vae.VAE_WEIGHTS_NAME)
+        except (BonsaiFormatError, OSError) as e:
+            return str(e)
+        if find_text_encoder(folder) is None:
+            return f"{folder}: the snapshot has no text encoder folder (text_encoder-hqq-4bit/, text_encoder-mlx-4bit/ or text_encoder/)"
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, snapshot: str, backend: str, compute_dtype: str) -> Any:

@@ -238,3 +238,27 @@ def test_full_size_vae_fixture_loads_as_the_released_geometry(comfyui: Any, vae_
     assert vae.first_stage_model.decoder.conv_in.weight.shape == (512, 32, 3, 3)
     out = vae.decode(torch.randn(1, 128, 2, 2, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (1, 32, 32, 3) and torch.isfinite(out).all()
+
+
+def test_pipeline_prompt_validation_names_a_broken_vae(comfyui: Any, snapshots: dict[str, Path], own_models: Path) -> None:
+    """A truncated vae/ fails when the prompt is queued (node error naming the file), before anything loads."""
+    src = snapshots["bonsai-image-ternary-4B-gemlite-2bit"]
+    broken = own_models / "bonsai" / "broken-vae-snapshot"
+    shutil.copytree(src, broken)
+    try:
+        w = broken / "vae" / VAE_WEIGHTS_NAME
+        w.write_bytes(w.read_bytes()[:100_000])
+        prompt = {
+            "1": {
+                "class_type": "BonsaiPipelineLoader",
+                "inputs": {"snapshot": "broken-vae-snapshot/", "backend": "auto", "compute_dtype": "default"},
+            },
+            "2": {"class_type": "BonsaiTestCapture", "inputs": {"value": ["1", 2], "label": "vae"}},
+        }
+        result = comfyui.run(prompt)
+        assert not result.valid
+        assert "broken-vae-snapshot/vae/diffusion_pytorch_model.safetensors" in json.dumps(result.node_errors)
+        bad = dict(prompt, **{"1": {**prompt["1"], "inputs": {**prompt["1"]["inputs"], "snapshot": "../bonsai/broken-vae-snapshot/"}}})
+        assert "not a snapshot folder name" in json.dumps(comfyui.run(bad).node_errors)
+    finally:
+        shutil.rmtree(broken)
