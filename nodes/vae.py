@@ -176,6 +176,19 @@ class BonsaiVAELoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, vae_folder: str) -> bool | str:
+        # Header checks at queue time give the precise message (this replaces the "not in list" check).
+        if os.path.isabs(vae_folder) or ".." in Path(vae_folder).parts:
+            return f"{vae_folder!r}: not a VAE folder name under models/bonsai"
+        try:
+            folder = resolve_vae_folder(vae_folder)
+            read_vae_config(folder)
+            check_vae_weights(folder / VAE_WEIGHTS_NAME)
+        except (BonsaiFormatError, FileNotFoundError, OSError) as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, vae_folder: str) -> io.NodeOutput:
         return io.NodeOutput(load_flux2_vae(resolve_vae_folder(vae_folder)))
 

@@ -262,3 +262,24 @@ def test_pipeline_prompt_validation_names_a_broken_vae(comfyui: Any, snapshots: 
         assert "not a snapshot folder name" in json.dumps(comfyui.run(bad).node_errors)
     finally:
         shutil.rmtree(broken)
+
+
+def test_vae_node_validation_at_queue_time(comfyui: Any, vae_dir: Path, own_models: Path) -> None:
+    bad = own_models / "bonsai" / "bad-vae-test" / "vae"
+    shutil.copytree(vae_dir, bad)
+    try:
+        cfg = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**cfg, "latent_channels": 16}))
+
+        def prompt(name: str) -> dict[str, Any]:
+            return {
+                "1": {"class_type": "BonsaiVAELoader", "inputs": {"vae_folder": name}},
+                "2": {"class_type": "BonsaiTestCapture", "inputs": {"value": ["1", 0], "label": "vae"}},
+            }
+
+        assert comfyui.run(prompt("vae-only-test/vae")).success
+        errors = json.dumps(comfyui.run(prompt("bad-vae-test/vae")).node_errors)
+        assert "bad-vae-test/vae/config.json" in errors and "latent_channels" in errors
+        assert "not a VAE folder name" in json.dumps(comfyui.run(prompt("../vae/x")).node_errors)
+    finally:
+        shutil.rmtree(bad.parent)
