@@ -78,6 +78,26 @@ def comfyui_version(root: Path) -> str:
 # ---------------------------------------------------------------------------
 
 
+def link_pack(custom_nodes: Path) -> Path:
+    """Link this checkout into ``custom_nodes/<PACK_DIR_NAME>``.
+
+    A link left by another checkout (an earlier clone, a CI workspace) is re-pointed atomically; a real
+    folder of that name is a user's installed copy and is never touched.
+    """
+    link = custom_nodes / PACK_DIR_NAME
+    if link.is_symlink():
+        if link.resolve() != REPO:
+            tmp = custom_nodes / f".{PACK_DIR_NAME}.{os.getpid()}.link"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(REPO, target_is_directory=True)
+            os.replace(tmp, link)
+    elif link.exists():
+        raise RuntimeError(f"{link} is an installed copy of the pack, not a link to {REPO}; move it away to run the ComfyUI tests")
+    else:
+        link.symlink_to(REPO, target_is_directory=True)
+    return link
+
+
 @dataclass
 class PromptResult:
     """What one prompt produced: validation errors, execution messages, captured values."""
@@ -190,13 +210,7 @@ class ComfyUISession:
         custom_nodes = self.root / "custom_nodes"
         if REPO.parent.resolve() == custom_nodes.resolve():
             return REPO  # already installed as a custom node (under any folder name)
-        link = custom_nodes / PACK_DIR_NAME
-        if link.is_symlink() or link.exists():
-            if link.resolve() != REPO:
-                raise RuntimeError(f"{link} exists and is not a link to {REPO}; move it away to run the ComfyUI tests")
-        else:
-            link.symlink_to(REPO, target_is_directory=True)
-        return link
+        return link_pack(custom_nodes)
 
     def _progress_hook(self, value: int, total: int, preview: Any, prompt_id: str | None = None, node_id: str | None = None) -> None:
         # What main.py's hijack_progress does, minus the websocket: record, then honour interrupts.

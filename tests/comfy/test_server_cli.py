@@ -41,11 +41,7 @@ def _find_comfy_cli() -> Path | None:
 
 
 def _link_pack(comfy_root: Path) -> None:
-    link = comfy_root / "custom_nodes" / PACK_DIR_NAME
-    if link.is_symlink() or link.exists():
-        assert link.resolve() == we.REPO, f"{link} exists and is not a link to {we.REPO}"
-    else:
-        link.symlink_to(we.REPO, target_is_directory=True)
+    comfyui_env.link_pack(comfy_root / "custom_nodes")
 
 
 def _get_json(url: str, timeout: float = 5.0) -> Any:
