@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +122,23 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, dict], dict[str
 
 
 class SafetensorsReader:
-    """Lazy, validated access to one safetensors file (tensors are read on demand, mmap-backed)."""
+    """Lazy, validated access to one safetensors file (tensors are read on demand).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``mmap=True`` reads through safetensors' memory map (cheap random access). ``mmap=False`` reads
+    each tensor with a positioned read into its own buffer: converting streams one layer at a time,
+    but pages of a memory map stay mapped (and counted in RSS) once touched, so converting the
+    7.75 GB unpacked file through a map ends with the whole file resident.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, mmap: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise BonsaiFormatError(self.path, None, "file not found")
         self.entries, self.metadata = read_header(self.path)
-        self._handle = safe_open(str(self.path), framework="pt")
+        self._handle = safe_open(str(self.path), framework="pt") if mmap else None
+        with open(self.path, "rb") as f:
+            self._data_start = 8 + int.from_bytes(f.read(8), "little")
+        self._lock = threading.Lock()
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -145,7 +155,23 @@ class SafetensorsReader:
     def get(self, name: str) -> torch.Tensor:
         if name not in self.entries:
             raise BonsaiFormatError(self.path, name, "tensor is missing")
+        if self._handle is None:
+            return self._read(name)
         try:
             return self._handle.get_tensor(name)
         except Exception as e:  # safetensors raises its own error types
             raise BonsaiFormatError(self.path, name, f"cannot read tensor: {e}") from e
+
+    def _read(self, name: str) -> torch.Tensor:
+        e = self.entries[name]
+        dtype = _ST_TO_DTYPE.get(e["dtype"])
+        if dtype is None:
+            raise BonsaiFormatError(self.path, name, f"unsupported dtype {e['dtype']}")
+        start, end = e["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        with self._lock, open(self.path, "rb") as f:
+            f.seek(self._data_start + start)
+            got = f.readinto(buf.numpy()) if end > start else 0
+        if got != end - start:
+            raise BonsaiFormatError(self.path, name, f"read {got} of {end - start} bytes (file truncated while reading?)")
+        return buf.view(dtype).reshape(e["shape"])

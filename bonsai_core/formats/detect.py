@@ -13,10 +13,9 @@ from ..canonical import CANONICAL_MARKER, load_canonical, scale_key
 from ..checkpoint import BonsaiCheckpoint
 from ..errors import BonsaiFormatError
 from ..packing import PackedWeight
-from ..safetensors_io import read_header
+from ..safetensors_io import SafetensorsReader, read_header
 from . import gemlite, mlx, unpacked
 from .layout import check_expected_variant, variant_for
-from .rawread import RawSafetensors
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ def _read_canonical(path: Path, variant: str | None) -> BonsaiCheckpoint:
     variant_for(path, ckpt.meta.bits, variant)
     # Serve the data with positioned reads: load_canonical's safetensors handle is a memory map,
     # whose touched pages would stay resident for the whole conversion.
-    raw = RawSafetensors(path)
+    raw = SafetensorsReader(path, mmap=False)
     bits = ckpt.meta.bits
 
     def load_packed(key: str) -> PackedWeight:

@@ -19,7 +19,7 @@ from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
 from ..packing import STEP, PackedWeight, compact_scales
-from ..safetensors_io import TensorSpec, write_safetensors
+from ..safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -36,7 +36,6 @@ from .layout import (
     variant_for,
     write_json,
 )
-from .rawread import RawSafetensors
 
 FOLDER = "transformer-packed-mflux"
 FILE = "diffusion_pytorch_model.safetensors"
@@ -53,7 +52,7 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None) -> Bonsai
     cross-checked when present; bits are otherwise read off the packed shapes."""
     f = mlx_file(path)
     check_expected_variant(f, variant)
-    r = RawSafetensors(f)
+    r = SafetensorsReader(f, mmap=False)
     q_path = f.parent / "quantization_config.json"
     qcfg = read_json(q_path, required=False)
 

@@ -20,7 +20,7 @@ from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers, diffusers_quantized_linears
 from ..packing import PackedWeight, compact_scales, quantize_exact
-from ..safetensors_io import _ST_TO_DTYPE, TensorSpec, write_safetensors
+from ..safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, write_safetensors
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -33,7 +33,6 @@ from .layout import (
     variant_for,
     write_json,
 )
-from .rawread import RawSafetensors
 
 FOLDER = "transformer"
 FILE = "diffusion_pytorch_model.safetensors"
@@ -45,23 +44,23 @@ class _Shards:
     """One safetensors file, or the shards of a diffusers ``.index.json``, behind one lookup."""
 
     def __init__(self, path: Path) -> None:
-        self.readers: dict[str, RawSafetensors] = {}
+        self.readers: dict[str, SafetensorsReader] = {}
         if path.name.endswith(".index.json"):
             idx = read_json(path)
             assert idx is not None
             wm = idx.get("weight_map")
             if not isinstance(wm, dict):
                 raise BonsaiFormatError(path, None, "no 'weight_map' in the shard index")
-            opened: dict[str, RawSafetensors] = {}
+            opened: dict[str, SafetensorsReader] = {}
             for key, shard in wm.items():
                 if shard not in opened:
-                    opened[shard] = RawSafetensors(path.parent / shard)
+                    opened[shard] = SafetensorsReader(path.parent / shard, mmap=False)
                 if key not in opened[shard]:
                     raise BonsaiFormatError(path.parent / shard, key, "listed in the shard index but not in the shard")
                 self.readers[key] = opened[shard]
             self.files = list(opened.values())
         else:
-            r = RawSafetensors(path)
+            r = SafetensorsReader(path, mmap=False)
             self.readers = dict.fromkeys(r.keys(), r)
             self.files = [r]
 
