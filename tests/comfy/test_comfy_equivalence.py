@@ -59,7 +59,14 @@ def test_recipe_sized_by_connected_latent(comfyui):
     assert torch.equal(from_latent, from_size)
 
 
-def test_recipe_progress_bar_and_seed(comfyui):
+def test_recipe_progress_bar_and_seed(comfyui, monkeypatch):
+    # ComfyUI's ProgressBar always sends the first and the last step but drops steps that come less than
+    # PROGRESS_THROTTLE_MIN_INTERVAL (100 ms) after the last one sent. Tiny-model steps take ~40 ms on a
+    # quiet machine (so only [(1, 4), (4, 4)] arrived) and longer on a busy one: turn the time throttle
+    # off so every step the sampler reports is seen, whatever the machine's speed.
+    import comfy.utils
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0)
     canonical, _ = comfyui.tiny_model("binary")
     a = _latent(comfyui, recipe(bonsai_loader(canonical), seed=1))
     assert [p[:2] for p in comfyui.progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
