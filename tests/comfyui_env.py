@@ -18,12 +18,14 @@ Use from a conftest::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import re
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -137,6 +139,7 @@ class _Server:
         self.last_node_id: str | None = None
         self.last_prompt_id: str | None = None
         self.sockets_metadata: dict[str, Any] = {}
+        self.node_replace_manager: Any = None  # ComfyUI's own NodeReplaceManager, set at boot
         self.events: list[tuple[str, Any]] = []
 
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
@@ -144,6 +147,10 @@ class _Server:
 
     def queue_updated(self) -> None:
         pass
+
+    def send_progress_text(self, text: bytes | str, node_id: str, sid: str | None = None) -> None:
+        # The real server packs this into a binary websocket frame; recorded here as text.
+        self.send_sync("progress_text", (node_id, text.decode() if isinstance(text, bytes) else text), sid)
 
 
 class ComfyUISession:
@@ -183,6 +190,7 @@ class ComfyUISession:
         import nodes
 
         self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
+        self._install_prompt_server()  # before the built-in extra nodes: nodes_replacements registers through it
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         comfy.utils.set_progress_bar_global_hook(self._progress_hook)
         # Test models live in a temporary folder, first in the search list.
@@ -205,6 +213,18 @@ class ComfyUISession:
         self.executor = execution.PromptExecutor(
             self.server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0}
         )
+
+    def _install_prompt_server(self) -> None:
+        # Stock nodes use ``server.PromptServer.instance`` (GetImageSize calls send_progress_text, the built-in
+        # node replacements register with its node_replace_manager), which main.py sets when it starts the web
+        # server. The recording server stands in for it for the whole session; an instance that already exists
+        # (a real server in this process) is left alone.
+        import server
+        from app.node_replace_manager import NodeReplaceManager
+
+        self.server.node_replace_manager = NodeReplaceManager()
+        if getattr(server.PromptServer, "instance", None) is None:
+            server.PromptServer.instance = self.server
 
     def _link_pack(self) -> Path:
         custom_nodes = self.root / "custom_nodes"
@@ -344,6 +364,54 @@ class _TestLatent:
         return ({"samples": torch.randn(batch, 128, height // 16, width // 16, generator=g)},)
 
 
+# ---------------------------------------------------------------------------
+# per-module model folders
+# ---------------------------------------------------------------------------
+
+MODEL_KINDS = ("bonsai", "diffusion_models", "text_encoders", "vae", "loras")
+# Names the downloader gives releases (snapshot folders, canonical files). Fixtures under these names
+# must live in a module's own root (:func:`models_root`): in the shared root they would be found by
+# every later test module, which then skips writing its own (complete) fixture of that name.
+RELEASE_PREFIX = "bonsai-image-"
+
+
+@contextlib.contextmanager
+def models_root(folder_paths: Any, root: Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Iterator[Path]:
+    """Make ``root/<kind>`` the first folder ComfyUI searches for each kind, for the duration of the block.
+
+    Fixtures installed here use the release names other test modules also use for their own fixtures;
+    searched first they win while this module runs, and afterwards ComfyUI no longer sees them.
+    """
+    added: list[tuple[str, str]] = []
+    for kind in kinds:
+        d = root / kind
+        d.mkdir(parents=True, exist_ok=True)
+        folder_paths.add_model_folder_path(kind, str(d), is_default=True)
+        added.append((kind, str(d)))
+    _forget_listings(folder_paths, kinds)
+    try:
+        yield root
+    finally:
+        for kind, d in added:
+            paths = folder_paths.folder_names_and_paths[kind][0]
+            if d in paths:
+                paths.remove(d)
+        _forget_listings(folder_paths, kinds)
+
+
+def _forget_listings(folder_paths: Any, kinds: tuple[str, ...]) -> None:
+    # ComfyUI caches file listings per kind (checked by folder mtimes): drop them when the folder list changes.
+    for kind in kinds:
+        folder_paths.filename_list_cache.pop(kind, None)
+
+
+def release_named_entries(models_dir: Path) -> list[str]:
+    """Entries of a models root (``<kind>/<name>``) carrying a release name."""
+    return sorted(
+        f"{kind}/{p.name}" for kind in MODEL_KINDS if (models_dir / kind).is_dir() for p in (models_dir / kind).iterdir() if p.name.startswith(RELEASE_PREFIX)
+    )
+
+
 _SESSION: ComfyUISession | None = None
 _STATUS: dict[str, Any] = {}
 
@@ -389,3 +457,27 @@ def comfy_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def comfyui(comfy_models: Path) -> ComfyUISession:
     """ComfyUI started in-process with the pack loaded; skips loudly when ComfyUI is absent."""
     return start_comfyui(comfy_models)
+
+
+@pytest.fixture(scope="module")
+def module_models(comfyui: ComfyUISession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A models root of this test module's own, searched first while the module runs (see :func:`models_root`).
+
+    Anything written under a release name (a snapshot, a downloaded repository) goes here, never into
+    the shared :func:`comfy_models`."""
+    with models_root(comfyui.folder_paths, tmp_path_factory.mktemp("module_models")) as root:
+        yield root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_models_stay_clean() -> Iterator[None]:
+    """Fails the module that leaves a release-named entry in the shared models root (order-dependent failures
+    of other modules otherwise). Re-exported by each conftest so it applies to its folder."""
+    before = set(release_named_entries(_SESSION.models_dir)) if _SESSION is not None else set()
+    yield
+    if _SESSION is not None:
+        leaked = sorted(set(release_named_entries(_SESSION.models_dir)) - before)
+        assert not leaked, (
+            f"this module left release-named entries in the shared models root {_SESSION.models_dir}: {leaked}; "
+            "write them under the module_models fixture instead"
+        )

@@ -18,7 +18,7 @@ import pytest
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for comfyui_env
 
 import comfyui_env  # noqa: E402
-from comfyui_env import comfy_models, comfyui  # noqa: E402,F401  (pytest fixtures)
+from comfyui_env import comfy_models, comfyui, module_models, shared_models_stay_clean  # noqa: E402,F401  (pytest fixtures)
 
 STATUS_FILE = comfyui_env.REPO / ".pytest-comfyui-status.json"
 _HERE = Path(__file__).resolve().parent

@@ -37,29 +37,17 @@ MIN_STD = 4.0  # pixel std (0..255) below this is a blank / flat image
 @pytest.fixture(scope="module")
 def wf_env(comfyui: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """ComfyUI with tiny fixtures under every name the workflows use (searched first while this module runs)
-    and the edit inputs in a temporary input folder."""
-    import server
-
+    and the edit inputs in a temporary input folder. (GetImageSize's ``PromptServer.instance`` is the harness's.)"""
     fp = comfyui.folder_paths
     old_input = fp.get_input_directory()
     input_dir = tmp_path_factory.mktemp("comfy_input")
     models = tmp_path_factory.mktemp("wf_models")
-    # GetImageSize reports its result through PromptServer.instance.send_progress_text (as the server
-    # would, over the websocket); the harness's recording server stands in for it.
-    had_instance = hasattr(server.PromptServer, "instance")
     with we.models_root(fp, models):
         we.install_fixtures(models, input_dir, comfyui.root)
         fp.set_input_directory(str(input_dir))
-        if not had_instance:
-            comfyui.server.send_progress_text = lambda text, node_id, sid=None: comfyui.server.send_sync(
-                "progress_text", (node_id, text), sid
-            )
-            server.PromptServer.instance = comfyui.server
         try:
             yield comfyui
         finally:
-            if not had_instance:
-                del server.PromptServer.instance
             fp.set_input_directory(old_input)
 
 

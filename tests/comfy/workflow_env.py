@@ -8,16 +8,17 @@ on CPU in seconds.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Per-module model folders live in the shared harness (every ComfyUI test folder uses them).
+from comfyui_env import MODEL_KINDS, models_root  # noqa: F401  (re-exported)
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,39 +26,6 @@ WORKFLOWS = REPO / "workflows"
 API_DIR = WORKFLOWS / "api"
 TEST_SIZE = 128  # every workflow is run at 128x128 (overridden through the API graph)
 EDIT_INPUT_SIZES = {"bonsai_edit_input_1.png": (256, 256), "bonsai_edit_input_2.png": (192, 128)}
-
-
-MODEL_KINDS = ("bonsai", "diffusion_models", "text_encoders", "vae", "loras")
-
-
-@contextlib.contextmanager
-def models_root(folder_paths: Any, root: Path, kinds: tuple[str, ...] = MODEL_KINDS) -> Iterator[Path]:
-    """Make ``root/<kind>`` the first folder ComfyUI searches for each kind, for the duration of the block.
-
-    Fixtures installed here use the release names other test modules also use for their own fixtures;
-    searched first they win while this module runs, and afterwards ComfyUI no longer sees them.
-    """
-    added: list[tuple[str, str]] = []
-    for kind in kinds:
-        d = root / kind
-        d.mkdir(parents=True, exist_ok=True)
-        folder_paths.add_model_folder_path(kind, str(d), is_default=True)
-        added.append((kind, str(d)))
-    _forget_listings(folder_paths, kinds)
-    try:
-        yield root
-    finally:
-        for kind, d in added:
-            paths = folder_paths.folder_names_and_paths[kind][0]
-            if d in paths:
-                paths.remove(d)
-        _forget_listings(folder_paths, kinds)
-
-
-def _forget_listings(folder_paths: Any, kinds: tuple[str, ...]) -> None:
-    # ComfyUI caches file listings per kind (checked by folder mtimes): drop them when the folder list changes.
-    for kind in kinds:
-        folder_paths.filename_list_cache.pop(kind, None)
 
 
 def ui_workflows() -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
-from lora_env import ComfyUISession, comfy_models, comfyui, import_comfy_early  # noqa: F401  (pytest fixtures)
+from lora_env import ComfyUISession, comfy_models, comfyui, import_comfy_early, module_models, shared_models_stay_clean  # noqa: F401  (pytest fixtures)
 
 import_comfy_early()
 

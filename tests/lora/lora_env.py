@@ -10,7 +10,15 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from comfyui_env import ComfyUISession, comfy_models, comfyui, find_comfyui, start_comfyui  # noqa: E402, F401  (fixtures re-exported)
+from comfyui_env import (  # noqa: E402, F401  (fixtures re-exported)
+    ComfyUISession,
+    comfy_models,
+    comfyui,
+    find_comfyui,
+    module_models,
+    shared_models_stay_clean,
+    start_comfyui,
+)
 
 
 def import_comfy_early() -> None:

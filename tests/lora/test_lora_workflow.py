@@ -27,19 +27,20 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def prompt(comfyui, comfy_models) -> dict[str, Any]:
-    """The API twin at 64x64, capturing the sampled latent instead of decoding and saving it."""
+def prompt(comfyui, module_models) -> dict[str, Any]:
+    """The API twin at 64x64, capturing the sampled latent instead of decoding and saving it.
+
+    Its snapshot and LoRAs are written into this module's own models root (searched first), so a
+    same-named folder another module left elsewhere can neither hide nor replace them."""
     api = json.loads((REPO / "workflows" / "api" / f"{STEM}.json").read_text())
     snapshot = api["1"]["inputs"]["snapshot"].rstrip("/")
-    if not (comfy_models / "bonsai" / snapshot).is_dir():
-        tokenizer = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
-        make_snapshot_fixture("ternary", "gemlite", comfy_models / "bonsai", size="tiny", seed=1, tokenizer_src=tokenizer)
+    tokenizer = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    made = make_snapshot_fixture("ternary", "gemlite", module_models / "bonsai", size="tiny", seed=1, tokenizer_src=tokenizer)
+    assert made.name == snapshot, (made, snapshot)
     loras = [n for n in api.values() if n["class_type"] == "LoraLoaderModelOnly"]
     assert len(loras) == 2
     for i, node in enumerate(loras):
-        path = comfy_models / "loras" / node["inputs"]["lora_name"]
-        if not path.is_file():
-            make_lora_fixture(path, "tiny", rank=4, seed=i)
+        make_lora_fixture(module_models / "loras" / node["inputs"]["lora_name"], "tiny", rank=4, seed=i)
     g = copy.deepcopy(api)
     for node in g.values():
         if node["class_type"] in ("EmptyFlux2LatentImage", "Flux2Scheduler"):

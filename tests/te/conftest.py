@@ -6,7 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from te_env import ComfyUISession, comfy_models, comfyui, import_comfy_early  # noqa: F401  (pytest fixtures)
+from te_env import ComfyUISession, comfy_models, comfyui, import_comfy_early, module_models, shared_models_stay_clean  # noqa: F401  (pytest fixtures)
 
 import_comfy_early()
 
@@ -25,16 +25,19 @@ def te_pack(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
     return comfyui.pack("bonsai_core")
 
 
-@pytest.fixture(scope="session")
-def tiny_tes(comfyui: ComfyUISession, comfy_models: Path) -> dict[str, Path]:  # noqa: F811
+@pytest.fixture(scope="module")
+def tiny_tes(comfyui: ComfyUISession, module_models: Path) -> dict[str, Path]:  # noqa: F811
     """Released-layout tiny TEs: HQQ in a gemlite snapshot, HQQ with Qwen3Model keys in
-    models/text_encoders, MLX in an MLX snapshot (tokenizer files inside, as released)."""
+    models/text_encoders, MLX in an MLX snapshot (tokenizer files inside, as released).
+
+    In the module's own models root: these snapshots hold only a text encoder, and under the release
+    names in the shared root they would hide complete snapshot fixtures of other modules."""
     fixture = comfyui.pack("bonsai_core.te_fixture")
     tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
-    bonsai = comfy_models / "bonsai"
+    bonsai = module_models / "bonsai"
     out = {
         "hqq": bonsai / SNAP_HQQ / "text_encoder-hqq-4bit",
-        "hqq_layers": comfy_models / "text_encoders" / "bonsai-te-hqq-qwen3model",
+        "hqq_layers": module_models / "text_encoders" / "bonsai-te-hqq-qwen3model",
         "mlx": bonsai / SNAP_MLX / "text_encoder-mlx-4bit",
     }
     fixture.make_te_fixture("hqq", "tiny", 11, out["hqq"], tokenizer_src=tok)
@@ -43,7 +46,7 @@ def tiny_tes(comfyui: ComfyUISession, comfy_models: Path) -> dict[str, Path]:  #
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def te_labels(tiny_tes: dict[str, Path]) -> dict[str, str]:
     """The loader's combo labels for :func:`tiny_tes`."""
     return {

@@ -40,12 +40,14 @@ def _graph(**inputs: object) -> dict:
 
 
 def test_download_node_then_load_the_text_encoder(
-    comfyui, comfy_models: Path, hub_with_te: HubServer, monkeypatch: pytest.MonkeyPatch
+    comfyui, module_models: Path, hub_with_te: HubServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # noqa: ANN001
+    # The node downloads into the first "bonsai" folder: this module's own root, so the (partial) release
+    # snapshot it writes is not seen by later modules.
     monkeypatch.setenv("HF_ENDPOINT", hub_with_te.endpoint)
     result = comfyui.run(_graph())
     assert result.success, result.error
-    snap = comfy_models / "bonsai" / SNAP
+    snap = module_models / "bonsai" / SNAP
     assert Path(result.captured["dir"]) == snap
     assert (snap / "text_encoder-hqq-4bit" / "qmodel.pt").is_file() and (snap / "vae" / "config.json").is_file()
     bars = [(v, t) for v, t, node in comfyui.progress if node == "1"]
@@ -60,7 +62,7 @@ def test_download_node_then_load_the_text_encoder(
     assert loaded.captured["cond"][0][0].shape == (1, 512, 384)
 
 
-def test_download_node_offline(comfyui, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_download_node_offline(comfyui, module_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
