@@ -36,6 +36,7 @@ from ..bonsai_core.canonical import is_canonical, load_canonical, scale_key
 from ..bonsai_core.checkpoint import BonsaiCheckpoint
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.packing import PackedWeight
+from ._paths import escapes_models_folder, name_problem
 from .lora import install_lora_support
 from .ops import BonsaiOps, bonsai_linears, make_bonsai_ops
 
@@ -149,7 +150,9 @@ def list_models() -> list[str]:
 
 
 def resolve_model(name: str) -> Path:
-    """Full path of a combo entry; a readable error when it does not exist."""
+    """Full path of a combo entry; a readable error when it does not exist or is not a name under the models folders."""
+    if escapes_models_folder(name):
+        raise BonsaiFormatError(name, None, "not a name under models/diffusion_models or models/bonsai (absolute paths and '..' are refused)")
     if name.endswith(SNAPSHOT_MARK):
         rel = name[: -len(SNAPSHOT_MARK)]
         for root in _bonsai_roots():
@@ -378,6 +381,9 @@ class BonsaiModelLoader(io.ComfyNode):
     def validate_inputs(cls, model_name: str) -> bool | str:
         # Taking model_name here replaces ComfyUI's "value not in list" check with a precise message
         # for files that exist but are not loadable (a dense model, a truncated download).
+        problem = name_problem(model_name, "model file or snapshot folder", "models/diffusion_models or models/bonsai")
+        if problem is not None:
+            return problem
         try:
             path = resolve_model(model_name)
         except BonsaiFormatError as e:

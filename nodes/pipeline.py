@@ -25,6 +25,7 @@ from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.te_formats import expected_dense_shapes, expected_linear_shapes, resolve_te_folder
 from . import model_loader, text_encoder, vae
+from ._paths import name_problem
 
 log = logging.getLogger("bonsai_image.pipeline")
 
@@ -188,8 +189,9 @@ class BonsaiPipelineLoader(io.ComfyNode):
     def validate_inputs(cls, snapshot: str) -> bool | str:
         # Taking snapshot here replaces ComfyUI's "value not in list" check with a precise message at
         # queue time (transformer header, VAE header), as the model loader node does for its files.
-        if Path(snapshot).is_absolute() or ".." in Path(snapshot).parts:
-            return f"{snapshot!r}: not a snapshot folder name under models/bonsai"
+        problem = name_problem(snapshot, "snapshot folder", "models/bonsai")
+        if problem is not None:
+            return problem
         try:
             folder = model_loader.resolve_model(snapshot)
             problem = model_loader.describe_problem(folder)

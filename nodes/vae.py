@@ -27,6 +27,7 @@ from comfy_api.latest import io
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.vae_fixture import FULL_BLOCK_OUT, LATENT_CHANNELS, VAE_CLASS_NAME, VAE_CONFIG_NAME, VAE_WEIGHTS_NAME, vae_tensor_shapes
+from ._paths import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,9 @@ class BonsaiVAELoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, vae_folder: str) -> bool | str:
         # Header checks at queue time give the precise message (this replaces the "not in list" check).
-        if os.path.isabs(vae_folder) or ".." in Path(vae_folder).parts:
-            return f"{vae_folder!r}: not a VAE folder name under models/bonsai"
+        problem = name_problem(vae_folder, "VAE folder", "models/bonsai")
+        if problem is not None:
+            return problem
         try:
             folder = resolve_vae_folder(vae_folder)
             read_vae_config(folder)

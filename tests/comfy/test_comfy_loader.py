@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -206,3 +207,19 @@ def test_replaced_file_reloads_and_is_revalidated(comfyui):
         assert not c.valid and "truncated" in c.node_errors["1"]["errors"][0]["details"]
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_names_outside_the_models_folders_are_refused(comfyui, loader_mod, tmp_path):
+    # A real snapshot outside every models folder: joined to models/bonsai, "/abs/" or "../x/" would reach it.
+    fixtures = comfyui.pack("bonsai_core.fixtures")
+    outside = tmp_path / "outside-snapshot"
+    fixtures.make_fixture("binary", "tiny", "gemlite", 0, outside)
+    canonical, _ = comfyui.tiny_model("binary")
+    rel_up = "/".join([".."] * len(comfyui.models_dir.joinpath("bonsai").parts)) + str(outside)
+    for name in ("../x.safetensors", f"../{canonical}", str(comfyui.models_dir / "diffusion_models" / canonical), f"{outside}/", f"{rel_up}/"):
+        result = comfyui.run(recipe(bonsai_loader(name)))
+        assert not result.valid, name
+        errors = json.dumps(result.node_errors)
+        assert "absolute paths and '..' are refused" in errors and "BonsaiModelLoader" in errors, (name, errors)
+        with pytest.raises(comfyui.pack("bonsai_core.errors").BonsaiFormatError, match="refused"):
+            loader_mod.resolve_model(name)
