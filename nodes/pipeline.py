@@ -11,7 +11,6 @@ CFGGuider, SamplerCustomAdvanced, VAEDecode, LoRA.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,75 +21,12 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
-from ..bonsai_core.safetensors_io import read_header
-from ..bonsai_core.te_formats import expected_dense_shapes, expected_linear_shapes, resolve_te_folder
+from ..bonsai_core.te_formats import resolve_te_folder
 from . import model_loader, text_encoder, vae
 from ._paths import name_problem
+from .text_encoder import dense_te_folder  # with the TE node, which lists and loads the same folders
 
 log = logging.getLogger("bonsai_image.pipeline")
-
-
-DENSE_TE_FOLDER = "text_encoder"  # diffusers pipeline layout of the unpacked releases
-_ST_INDEX = "model.safetensors.index.json"
-
-
-def dense_te_folder(folder: Path) -> Path | None:
-    """The unpacked release's bf16 ``text_encoder/`` (HF Qwen3, safetensors, no quantization config), or None."""
-    te = folder / DENSE_TE_FOLDER
-    cfg_path = te / "config.json"
-    if not cfg_path.is_file() or (te / "qmodel.pt").exists():
-        return None
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(cfg, dict) or "quantization" in cfg or "quantization_config" in cfg:
-        return None
-    return te if (te / _ST_INDEX).is_file() or any(te.glob("*.safetensors")) else None
-
-
-def load_dense_clip(te_dir: Path) -> comfy.sd.CLIP:
-    """A bf16 HF ``Qwen3ForCausalLM`` folder (one file or index + shards) as the stock Klein CLIP.
-
-    The shards are checked (truncation, every expected tensor and shape, named on failure) and then
-    handed to the text-encoder node's ``build_clip`` with ComfyUI's stock dense operations.
-    """
-    cfg_path = te_dir / "config.json"
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BonsaiFormatError(cfg_path, None, f"cannot read the text encoder config: {e}") from e
-    index = te_dir / _ST_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise BonsaiFormatError(index, None, f"cannot read the shard index: {e}") from e
-        files = sorted({te_dir / f for f in weight_map.values()})
-    else:
-        files = sorted(te_dir.glob("*.safetensors"))
-    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
-    for f in files:
-        if not f.is_file():
-            raise BonsaiFormatError(f, None, "shard listed in the index is missing (incomplete download?)")
-        entries, _meta = read_header(f)  # clear errors for truncated or corrupt shards
-        where.update({k: (f, tuple(e["shape"])) for k, e in entries.items()})
-    try:
-        expected = {**expected_dense_shapes(config), **expected_linear_shapes(config)}
-    except (KeyError, TypeError) as e:
-        raise BonsaiFormatError(cfg_path, None, f"not a Qwen3 config (missing {e})") from e
-    for key, shape in expected.items():
-        if key not in where:
-            raise BonsaiFormatError(files[0] if files else te_dir, key, "tensor is missing from the text encoder")
-        if where[key][1] != shape:
-            raise BonsaiFormatError(where[key][0], key, f"shape {list(where[key][1])}, expected {list(shape)}")
-    sd: dict[str, Any] = {}
-    for f in files:
-        sd.update(comfy.utils.load_torch_file(str(f), safe_load=True))
-    sd = {k: v for k, v in sd.items() if not k.startswith("lm_head.")}  # klein_te uses hidden states, never the head
-    dtype = sd["model.norm.weight"].dtype
-    log.info("Bonsai pipeline: dense %s text encoder from %s (%d shards)", dtype, te_dir, len(files))
-    return text_encoder.build_clip(config, sd, operations=None, dtype=dtype)
 
 
 def find_text_encoder(folder: Path) -> Path | None:
@@ -141,12 +77,7 @@ def load_pipeline(
     vae.read_vae_config(vae_dir)
     vae.check_vae_weights(vae_dir / vae.VAE_WEIGHTS_NAME)
     model = model_loader.load_bonsai_model(folder, backend, compute_dtype)
-    if dense_te_folder(folder) == te_dir:
-        if (folder / "tokenizer").is_dir():  # as the 4-bit loader does: ComfyUI's tokenizer must agree with the shipped one
-            text_encoder.verify_tokenizer(str(folder / "tokenizer"))
-        clip = load_dense_clip(te_dir)
-    else:
-        clip = text_encoder.load_packed_clip(te_dir)
+    clip = text_encoder.load_clip(te_dir)  # the same path as the TE loader node: bf16 text_encoder/ dense, 4-bit packed
     vae_obj = vae.load_flux2_vae(vae_dir)
     log.info("Bonsai pipeline loaded from %s (text encoder %s)", folder, te_dir.name)
     return model, clip, vae_obj

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,14 +32,19 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.text_encoders.flux
 import comfy.text_encoders.llama
+import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.te_formats import (
+    HQQ_FILE,
     TEWeights,
     dequantize_4bit,
+    expected_dense_shapes,
+    expected_linear_shapes,
     find_tokenizer_dir,
     head_dim,
     read_te,
@@ -307,6 +313,88 @@ def load_packed_clip(
     return clip
 
 
+# ----------------------------------------------------------------------------- dense bf16 (unpacked releases)
+
+DENSE_TE_FOLDER = "text_encoder"  # diffusers pipeline layout of the unpacked releases
+_ST_INDEX = "model.safetensors.index.json"
+
+
+def is_dense_te(te: Path) -> bool:
+    """A bf16 HF Qwen3 folder (safetensors, config without a quantization section, no ``qmodel.pt``).
+
+    Checked before :func:`te_layout`, which takes any ``model.safetensors`` folder for MLX 4-bit."""
+    cfg_path = te / "config.json"
+    if not cfg_path.is_file() or (te / HQQ_FILE).exists():
+        return False
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(cfg, dict) or "quantization" in cfg or "quantization_config" in cfg:
+        return False
+    return (te / _ST_INDEX).is_file() or any(te.glob("*.safetensors"))
+
+
+def dense_te_folder(folder: Path) -> Path | None:
+    """The unpacked release's bf16 ``text_encoder/`` (HF Qwen3, safetensors, no quantization config), or None."""
+    te = folder / DENSE_TE_FOLDER
+    return te if is_dense_te(te) else None
+
+
+def load_dense_clip(te_dir: Path) -> comfy.sd.CLIP:
+    """A bf16 HF ``Qwen3ForCausalLM`` folder (one file or index + shards) as the stock Klein CLIP.
+
+    The shards are checked (truncation, every expected tensor and shape, named on failure) and then
+    handed to :func:`build_clip` with ComfyUI's stock dense operations.
+    """
+    cfg_path = te_dir / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BonsaiFormatError(cfg_path, None, f"cannot read the text encoder config: {e}") from e
+    index = te_dir / _ST_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise BonsaiFormatError(index, None, f"cannot read the shard index: {e}") from e
+        files = sorted({te_dir / f for f in weight_map.values()})
+    else:
+        files = sorted(te_dir.glob("*.safetensors"))
+    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for f in files:
+        if not f.is_file():
+            raise BonsaiFormatError(f, None, "shard listed in the index is missing (incomplete download?)")
+        entries, _meta = read_header(f)  # clear errors for truncated or corrupt shards
+        where.update({k: (f, tuple(e["shape"])) for k, e in entries.items()})
+    try:
+        expected = {**expected_dense_shapes(config), **expected_linear_shapes(config)}
+    except (KeyError, TypeError) as e:
+        raise BonsaiFormatError(cfg_path, None, f"not a Qwen3 config (missing {e})") from e
+    for key, shape in expected.items():
+        if key not in where:
+            raise BonsaiFormatError(files[0] if files else te_dir, key, "tensor is missing from the text encoder")
+        if where[key][1] != shape:
+            raise BonsaiFormatError(where[key][0], key, f"shape {list(where[key][1])}, expected {list(shape)}")
+    sd: dict[str, Any] = {}
+    for f in files:
+        sd.update(comfy.utils.load_torch_file(str(f), safe_load=True))
+    sd = {k: v for k, v in sd.items() if not k.startswith("lm_head.")}  # klein_te uses hidden states, never the head
+    dtype = sd["model.norm.weight"].dtype
+    log.info("Bonsai TE: dense %s text encoder from %s (%d shards)", dtype, te_dir, len(files))
+    return build_clip(config, sd, operations=None, dtype=dtype)
+
+
+def load_clip(te_dir: Path) -> comfy.sd.CLIP:
+    """A listed TE folder as CLIP: the unpacked releases' bf16 ``text_encoder/`` dense, the 4-bit ones packed."""
+    if not is_dense_te(te_dir):
+        return load_packed_clip(te_dir)
+    tok_dir = te_dir.parent / "tokenizer"  # diffusers layout: the tokenizer is a sibling of text_encoder/
+    if tok_dir.is_dir():  # as for the 4-bit folders: ComfyUI's tokenizer must agree with the shipped one
+        verify_tokenizer(str(tok_dir))
+    return load_dense_clip(te_dir)
+
+
 # ----------------------------------------------------------------------------- tokenizer check
 
 
@@ -362,14 +450,14 @@ def _scan(root: Path) -> list[Path]:
         here = Path(dirpath)
         depth = len(here.relative_to(root).parts)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < _LIST_DEPTH else []
-        if depth and te_layout(here) and (here / "config.json").is_file():
+        if depth and (here / "config.json").is_file() and (is_dense_te(here) or te_layout(here)):
             found.append(here)
             dirnames.clear()
     return found
 
 
 def list_te_folders() -> dict[str, Path]:
-    """``label -> folder`` for every 4-bit TE folder under ``models/bonsai`` and ``models/text_encoders``."""
+    """``label -> folder`` for every 4-bit or bf16 (unpacked release) TE folder under ``models/bonsai`` and ``models/text_encoders``."""
     out: dict[str, Path] = {}
     roots = [(BONSAI_FOLDER, r) for r in ensure_bonsai_folder()] + [
         ("text_encoders", r) for r in folder_paths.get_folder_paths("text_encoders")
@@ -399,14 +487,14 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
             display_name="Load Bonsai Text Encoder (4-bit Qwen3)",
             category="loaders/bonsai",
             description=(
-                "Loads the released 4-bit Qwen3-4B text encoder (text_encoder-hqq-4bit or text_encoder-mlx-4bit) as a "
-                "FLUX.2 Klein CLIP for the stock CLIP Text Encode node. Weights stay 4-bit in memory."
+                "Loads the released Qwen3-4B text encoder (text_encoder-hqq-4bit or text_encoder-mlx-4bit, weights stay 4-bit "
+                "in memory; or the unpacked releases' bf16 text_encoder) as a FLUX.2 Klein CLIP for the stock CLIP Text Encode node."
             ),
             inputs=[
                 io.Combo.Input(
                     "text_encoder",
                     options=list(list_te_folders()),
-                    tooltip="models/bonsai/<repo>/text_encoder-*-4bit or a folder in models/text_encoders",
+                    tooltip="models/bonsai/<repo>/text_encoder-*-4bit (or text_encoder/ of an unpacked release) or a folder in models/text_encoders",
                 )
             ],
             outputs=[io.Clip.Output()],
@@ -414,7 +502,7 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder: str) -> io.NodeOutput:
-        return io.NodeOutput(load_packed_clip(resolve_label(text_encoder)))
+        return io.NodeOutput(load_clip(resolve_label(text_encoder)))
 
 
 NODES = [BonsaiTextEncoderLoader]

@@ -236,3 +236,24 @@ def test_stock_cliploader_flux2_is_untouched(comfyui, comfy_models: Path, te_nod
     assert type(clip.tokenizer) is comfy.text_encoders.flux.KleinTokenizer
     assert [t for t, _ in clip.tokenize("a red fox")["qwen3_4b"][0]][:7] == [151644, 872, 198, 64, 2518, 38835, 151645]
     del clip, q
+
+
+def test_unpacked_release_bf16_text_encoder_is_listed_and_loads(comfyui, module_models: Path, te_node) -> None:  # noqa: ANN001
+    # The unpacked releases ship a diffusers text_encoder/ (bf16 Qwen3, sharded): listed by the loader, so it must load.
+    from safetensors.torch import load_file
+
+    snapshot = comfyui.pack("bonsai_core.snapshot_fixture")
+    tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    folder = snapshot.make_snapshot_fixture("binary", "unpacked", module_models / "bonsai", size="tiny", seed=3, tokenizer_src=tok)
+    label = f"bonsai/{folder.name}/text_encoder"
+    assert label in te_node.list_te_folders()
+    result = comfyui.run(_encode_graph(label, PROMPTS[1]))
+    assert result.success, result.error
+    # Reference: ComfyUI's klein_te with stock dense ops on the shipped shards, read here with safetensors.
+    te_dir = folder / "text_encoder"
+    sd = {k: v for f in sorted(te_dir.glob("*.safetensors")) for k, v in load_file(str(f)).items() if not k.startswith("lm_head.")}
+    config = json.loads((te_dir / "config.json").read_text())
+    ref = te_node.build_clip(config, sd, operations=None, dtype=sd["model.norm.weight"].dtype)
+    want = ref.encode_from_tokens_scheduled(ref.tokenize(PROMPTS[1]))[0][0]
+    got = result.captured["cond"][0][0]
+    assert got.shape == want.shape == (1, 512, 384) and torch.equal(got, want)
