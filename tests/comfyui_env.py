@@ -80,6 +80,28 @@ def comfyui_version(root: Path) -> str:
 # ---------------------------------------------------------------------------
 
 
+def import_comfy_early() -> None:
+    """Put ComfyUI (``--cpu``) in place before pytest imports the repository root's ``__init__.py``.
+
+    pytest imports that file (the pack's entry point, which imports ``comfy_api``) while setting up
+    the package around the tests, before any fixture runs.
+    """
+    root, _ = find_comfyui()
+    if root is None or "comfy.model_management" in sys.modules:
+        return
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    argv = sys.argv
+    sys.argv = ["main.py", "--cpu"]
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.model_management  # noqa: F401  (parses the args once, picks the CPU)
+    finally:
+        sys.argv = argv
+
+
 def link_pack(custom_nodes: Path) -> Path:
     """Link this checkout into ``custom_nodes/<PACK_DIR_NAME>``.
 
