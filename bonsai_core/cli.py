@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from .atomic import exit_on_termination
 from .errors import BonsaiFormatError
 
 # command name -> module (relative to this package) that registers it
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with exit_on_termination():  # SIGTERM/SIGHUP unwind like Ctrl-C, so temporaries are removed
+            return int(args.func(args) or 0)
     except BonsaiFormatError as e:
         logging.getLogger("bonsai_core").error("%s", e)
         return 2

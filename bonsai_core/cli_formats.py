@@ -42,8 +42,10 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
 
 
 def cmd_make_fixture(args: argparse.Namespace) -> int:
+    from .atomic import check_output_path
     from .fixtures import make_fixture
 
+    check_output_path(args.out)
     print(make_fixture(args.variant, args.size, args.format, args.seed, args.out))
     return 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import check_output_path
 from .canonical import save_canonical
 from .checkpoint import BonsaiCheckpoint
 from .errors import BonsaiFormatError
@@ -49,12 +50,16 @@ def _writer(fmt: str) -> Callable[[BonsaiCheckpoint, Path], Path]:
 
 
 def write_checkpoint(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], fmt: str = "canonical") -> Path:
-    """Write ``ckpt`` in layout ``fmt``; returns the file or pack folder written."""
-    return _writer(fmt)(ckpt, Path(out))
+    """Write ``ckpt`` in layout ``fmt``; returns the file or pack folder written.
+
+    ``out`` must not exist as a folder (or anything but a regular file): writes only ever add.
+    """
+    return _writer(fmt)(ckpt, check_output_path(out))
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str = "canonical", variant: str | None = None) -> Path:
     """Read ``src`` in whatever layout it is and write it as ``to`` (lossless)."""
+    check_output_path(dst)  # before reading anything: a wrong output argument fails fast
     ckpt = open_checkpoint(src, variant)
     log.info("converting %s (%s, %s) -> %s (%s)", src, ckpt.meta.source_format, ckpt.meta.variant, dst, to)
     return write_checkpoint(ckpt, dst, to)
@@ -78,8 +83,8 @@ def dense_specs(ckpt: BonsaiCheckpoint, dtype: torch.dtype = torch.bfloat16) -> 
 
 def dequantize_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], variant: str | None = None) -> Path:
     """Write ``src`` as dense bf16 safetensors with BFL keys, loadable by ComfyUI's UNETLoader."""
+    dst = check_output_path(dst)
     ckpt = open_checkpoint(src, variant)
-    dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise BonsaiFormatError(dst, None, "the dense output must be a .safetensors file")
     md = {"bonsai_dequantized_from": ckpt.meta.source_format, "variant": ckpt.meta.variant, "source_repo": ckpt.meta.source_repo}
