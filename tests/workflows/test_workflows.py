@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import workflow_env as we
 
-from bonsai_core import workflow_graph as wg
+from bonsai_tools.workflows import graph as wg
 
 pytestmark = pytest.mark.comfyui
 

@@ -1,8 +1,6 @@
 """Generate the LoRA example workflow (UI JSON + thumbnail + API twin) with the shared builders.
 
-Run like ``build_workflows.py`` (it reads the live node schemas, ours included)::
-
-    ~/venv/bin/python workflows/build_lora_workflow.py [--comfyui ~/comfy/ComfyUI]
+Written by ``python -m bonsai_tools build-workflows`` together with the other workflows.
 
 Two stock ``LoraLoaderModelOnly`` nodes chained after the Bonsai loader: LoRAs stay unmerged
 branches on the packed layers (nodes/lora.py), each with its own strength.
@@ -10,14 +8,10 @@ branches on the packed layers (nodes/lora.py), each with its own strength.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 from pathlib import Path
 
-import build_workflows as bw
-
-log = logging.getLogger("build_lora_workflow")
+from . import build as bw
+from . import graph as wg
 
 STEM = "bonsai_ternary_t2i_lora"
 TITLE = "ternary text to image 1024x1024 + 2 LoRAs"
@@ -34,21 +28,24 @@ NOTE = (
 )
 
 
-def build(wg) -> tuple[list, str]:
-    nodes, model, clip, vae = bw._loaders_pipeline(wg, bw.TERNARY_SNAPSHOT)
+def build() -> tuple[list, str]:
+    nodes, model, clip, vae = bw._loaders_pipeline(bw.TERNARY_SNAPSHOT)
     nodes += [
-        wg.Node(5, "LoraLoaderModelOnly", {"lora_name": LORAS[0], "strength_model": 1.0}, {"model": model}, pos=(-420, 380), title="LoRA 1"),
-        wg.Node(6, "LoraLoaderModelOnly", {"lora_name": LORAS[1], "strength_model": 0.6}, {"model": (5, 0)}, pos=(-420, 500), title="LoRA 2"),
+        wg.Node(
+            5, "LoraLoaderModelOnly", {"lora_name": LORAS[0], "strength_model": 1.0}, {"model": model}, pos=(-420, 380), title="LoRA 1"
+        ),
+        wg.Node(
+            6, "LoraLoaderModelOnly", {"lora_name": LORAS[1], "strength_model": 0.6}, {"model": (5, 0)}, pos=(-420, 500), title="LoRA 2"
+        ),
     ]
-    nodes += bw._text(wg, clip, bw.T2I_PROMPT)
-    nodes += bw._sampling(wg, (6, 0), (10, 0), (11, 0), 1024, 1024, seed=42)
-    nodes += bw._decode_save(wg, vae, "bonsai/ternary-1024-lora", tiled=False)
+    nodes += bw._text(clip, bw.T2I_PROMPT)
+    nodes += bw._sampling((6, 0), (10, 0), (11, 0), 1024, 1024, seed=42)
+    nodes += bw._decode_save(vae, "bonsai/ternary-1024-lora", tiled=False)
     return nodes, TITLE
 
 
 def build_lora(schemas: dict, out_dir: Path = bw.HERE) -> Path:
-    wg = bw._graph_modules()
-    nodes, title = build(wg)
+    nodes, title = build()
     graph = wg.Graph(STEM, nodes, notes=[(NOTE, (-420, -220), (380, 300))])
     ui = wg.to_ui(graph, schemas)
     # Model/LoRA combos list what is installed on this machine; only structure must be clean here.
@@ -59,17 +56,3 @@ def build_lora(schemas: dict, out_dir: Path = bw.HERE) -> Path:
     bw.write_json(out_dir / "api" / f"{STEM}.json", wg.to_api(graph))
     bw.thumbnail(out_dir / f"{STEM}.jpg", title, "ternary", graph)
     return out_dir / f"{STEM}.json"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comfyui", type=Path, default=Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI")))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    p = build_lora(bw.live_schemas(args.comfyui.resolve()))
-    log.info("wrote %s (+ .jpg, api/%s)", p.relative_to(bw.REPO), p.name)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,10 +2,10 @@
 
 Run inside a ComfyUI checkout's environment (it reads the live node schemas, ours included)::
 
-    ~/venv/bin/python workflows/build_workflows.py [--comfyui ~/comfy/ComfyUI]
+    ~/venv/bin/python -m bonsai_tools build-workflows [--comfyui ~/comfy/ComfyUI]
 
 Each workflow is described once (:data:`WORKFLOWS`) and written in both formats by
-``bonsai_core.workflow_graph``, so the twins cannot drift. Thumbnails are descriptive cards drawn
+:mod:`bonsai_tools.workflows.graph`, so the twins cannot drift. Thumbnails are descriptive cards drawn
 with Pillow (title, model, size, node chain): a real render needs the 4B weights and a GPU.
 """
 
@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from . import graph as wg
 
-log = logging.getLogger("build_workflows")
+REPO = Path(__file__).resolve().parents[2]
+HERE = REPO / "workflows"  # where the shipped workflows live
 
 # Names the downloader produces (bonsai_core/download.py): snapshots under models/bonsai/<repo>/,
 # converted canonical transformers in models/diffusion_models/.
@@ -44,21 +43,14 @@ EDIT2_PROMPT = "place the object from image 1 into the scene of image 2, matchin
 # ---------------------------------------------------------------------------
 
 
-def _graph_modules():  # imported lazily: bonsai_core must come from this checkout
-    sys.path.insert(0, str(REPO))
-    from bonsai_core import workflow_graph
-
-    return workflow_graph
-
-
-def _loaders_pipeline(wg, snapshot: str) -> tuple[list, tuple, tuple, tuple]:
+def _loaders_pipeline(snapshot: str) -> tuple[list, tuple, tuple, tuple]:
     n = wg.Node(
         1, "BonsaiPipelineLoader", {"snapshot": snapshot, "backend": "auto", "compute_dtype": "default"}, pos=(-420, 200), size=(380, 130)
     )
     return [n], (1, 0), (1, 1), (1, 2)
 
 
-def _loaders_separate(wg, canonical: str, te: str, vae_folder: str) -> tuple[list, tuple, tuple, tuple]:
+def _loaders_separate(canonical: str, te: str, vae_folder: str) -> tuple[list, tuple, tuple, tuple]:
     nodes = [
         wg.Node(
             1,
@@ -73,7 +65,7 @@ def _loaders_separate(wg, canonical: str, te: str, vae_folder: str) -> tuple[lis
     return nodes, (1, 0), (2, 0), (3, 0)
 
 
-def _sampling(wg, model, positive, negative, width, height, seed: int, size_from: tuple | None = None) -> list:
+def _sampling(model, positive, negative, width, height, seed: int, size_from: tuple | None = None) -> list:
     """CFGGuider(cfg 1) + euler + Flux2Scheduler(4 steps) + RandomNoise + EmptyFlux2LatentImage -> SamplerCustomAdvanced."""
     sched = wg.Node(20, "Flux2Scheduler", {"steps": 4, "width": width, "height": height}, pos=(420, 420))
     latent = wg.Node(21, "EmptyFlux2LatentImage", {"width": width, "height": height, "batch_size": 1}, pos=(420, 560))
@@ -97,14 +89,14 @@ def _sampling(wg, model, positive, negative, width, height, seed: int, size_from
     ]
 
 
-def _text(wg, clip, prompt: str) -> list:
+def _text(clip, prompt: str) -> list:
     return [
         wg.Node(10, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(0, 120), size=(380, 180), title="Prompt"),
         wg.Node(11, "ConditioningZeroOut", {}, {"conditioning": (10, 0)}, pos=(0, 360), title="Negative (zeroed, distilled model)"),
     ]
 
 
-def _decode_save(wg, vae, prefix: str, tiled: bool) -> list:
+def _decode_save(vae, prefix: str, tiled: bool) -> list:
     if tiled:
         dec = wg.Node(
             30,
@@ -130,12 +122,12 @@ NOTE_T2I = (
 def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False, preset: bool = False) -> Callable:
     """Text to image; ``separate``: three loader nodes instead of the pipeline node; ``preset``: BonsaiSampler."""
 
-    def build(wg):
+    def build():
         snapshot = TERNARY_SNAPSHOT if variant == "ternary" else BINARY_SNAPSHOT
         if separate:
-            nodes, model, clip, vae = _loaders_separate(wg, TERNARY_CANONICAL, TERNARY_TE, TERNARY_VAE)
+            nodes, model, clip, vae = _loaders_separate(TERNARY_CANONICAL, TERNARY_TE, TERNARY_VAE)
         else:
-            nodes, model, clip, vae = _loaders_pipeline(wg, snapshot)
+            nodes, model, clip, vae = _loaders_pipeline(snapshot)
         if preset:
             # The recipe node builds the zeroed negative, scheduler, noise and latent itself.
             nodes.append(wg.Node(10, "CLIPTextEncode", {"text": T2I_PROMPT}, {"clip": clip}, pos=(0, 120), size=(380, 180), title="Prompt"))
@@ -150,9 +142,9 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
                 )
             )
         else:
-            nodes += _text(wg, clip, T2I_PROMPT)
-            nodes += _sampling(wg, model, (10, 0), (11, 0), size, size, seed=42)
-        nodes += _decode_save(wg, vae, f"bonsai/{variant}-{size}{'-tiled' if tiled else ''}", tiled)
+            nodes += _text(clip, T2I_PROMPT)
+            nodes += _sampling(model, (10, 0), (11, 0), size, size, seed=42)
+        nodes += _decode_save(vae, f"bonsai/{variant}-{size}{'-tiled' if tiled else ''}", tiled)
         title = f"{variant} text to image {size}x{size}" + (" (tiled VAE decode)" if tiled else "")
         return nodes, title
 
@@ -160,9 +152,9 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
 
 
 def edit(refs: int) -> Callable:
-    def build(wg):
-        nodes, model, clip, vae = _loaders_pipeline(wg, TERNARY_SNAPSHOT)
-        nodes += _text(wg, clip, EDIT_PROMPT if refs == 1 else EDIT2_PROMPT)
+    def build():
+        nodes, model, clip, vae = _loaders_pipeline(TERNARY_SNAPSHOT)
+        nodes += _text(clip, EDIT_PROMPT if refs == 1 else EDIT2_PROMPT)
         pos, neg = (10, 0), (11, 0)
         for i in range(refs):
             load, scale, enc, rp, rn = 40 + 5 * i, 41 + 5 * i, 42 + 5 * i, 43 + 5 * i, 44 + 5 * i
@@ -197,8 +189,8 @@ def edit(refs: int) -> Callable:
             ]
             pos, neg = (rp, 0), (rn, 0)
         nodes.append(wg.Node(39, "GetImageSize", {}, {"image": (41, 0)}, pos=(-60, 560), title="Output size = reference 1"))
-        nodes += _sampling(wg, model, pos, neg, 1024, 1024, seed=42, size_from=(39,))
-        nodes += _decode_save(wg, vae, f"bonsai/edit-{refs}ref", tiled=False)
+        nodes += _sampling(model, pos, neg, 1024, 1024, seed=42, size_from=(39,))
+        nodes += _decode_save(vae, f"bonsai/edit-{refs}ref", tiled=False)
         return nodes, f"image edit, {refs} reference image{'s' if refs > 1 else ''}"
 
     return build
@@ -236,7 +228,6 @@ def live_schemas(comfyui: Path) -> dict:
             raise RuntimeError(f"ComfyUI could not load the pack at {REPO}")
 
     asyncio.run(boot())
-    wg = _graph_modules()
     return {name: wg.NodeSchema.from_node_class(name, cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
 
@@ -285,10 +276,9 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def build_all(schemas: dict, out_dir: Path = HERE) -> list[Path]:
-    wg = _graph_modules()
     written = []
     for stem, (builder, variant) in WORKFLOWS.items():
-        nodes, title = builder(wg)
+        nodes, title = builder()
         note = NOTE_T2I.format(title=title, variant=variant)
         if any(n.type == "BonsaiModelLoader" for n in nodes):
             note += (
@@ -311,16 +301,20 @@ def build_all(schemas: dict, out_dir: Path = HERE) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comfyui", type=Path, default=Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI")))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+def default_comfyui() -> Path:
+    return Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI"))
+
+
+def cmd_build_workflows(args: argparse.Namespace) -> int:
+    from .lora import build_lora
+
     schemas = live_schemas(args.comfyui.resolve())
-    for p in build_all(schemas):
-        log.info("wrote %s (+ .jpg, api/%s)", p.relative_to(REPO), p.name)
+    for p in [*build_all(schemas), build_lora(schemas)]:
+        print(f"wrote {p.relative_to(REPO)} (+ .jpg, api/{p.name})")
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-workflows", help="regenerate workflows/*.json, their API twins and thumbnails from live node schemas")
+    p.add_argument("--comfyui", type=Path, default=default_comfyui(), help="ComfyUI checkout to read node schemas from")
+    p.set_defaults(func=cmd_build_workflows)
