@@ -1,4 +1,4 @@
-"""The shared in-process ComfyUI harness (tests/comfyui_env.py) itself: what a real server provides
+"""The shared in-process ComfyUI harness (tests/harness/) itself: what a real server provides
 that stock nodes rely on is there in every test session, not only inside one module's fixture."""
 
 from __future__ import annotations

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# Per-module model folders live in the shared harness (every ComfyUI test folder uses them).
-from comfyui_env import MODEL_KINDS, models_root  # noqa: F401  (re-exported)
 from PIL import Image
+
+from .model_folders import MODEL_KINDS, models_root  # noqa: F401  (re-exported: the workflow tests install fixtures in their own root)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"

@@ -73,7 +73,7 @@ def test_bench_linear_cli_writes_json_and_markdown(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(repo), BONSAI_CACHE_DIR=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "bonsai_core", "bench-linear", "--shapes", "256x128", "--m", "0,2", "--backends", "torch,mlx,gemlite"]
+    cmd = [sys.executable, "-m", "bonsai_tools", "bench-linear", "--shapes", "256x128", "--m", "0,2", "--backends", "torch,mlx,gemlite"]
     cmd += ["--iters", "2", "--warmup", "1", "--device", "cpu", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Fixtures for the text encoder tests: tiny HQQ and MLX fixtures in a ComfyUI models tree."""
+"""Fixtures for the node tests: the pack's modules as ComfyUI loaded them, tiny text encoders in a models tree."""
 
 from __future__ import annotations
 
@@ -6,27 +6,25 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from te_env import ComfyUISession, comfy_models, comfyui, import_comfy_early, module_models, shared_models_stay_clean  # noqa: F401  (pytest fixtures)
-
-import_comfy_early()
+from harness.comfyui import ComfyUISession
 
 SNAP_HQQ = "bonsai-image-ternary-4B-gemlite-2bit"
 SNAP_MLX = "bonsai-image-binary-4B-mlx-1bit"
 
 
 @pytest.fixture(scope="session")
-def te_node(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+def te_node(comfyui: ComfyUISession) -> ModuleType:
     return comfyui.pack("nodes.text_encoder")
 
 
 @pytest.fixture(scope="session")
-def te_pack(comfyui: ComfyUISession) -> ModuleType:  # noqa: F811
+def te_pack(comfyui: ComfyUISession) -> ModuleType:
     """The pack's ``bonsai_core`` as ComfyUI imported it (its error classes are the ones raised)."""
     return comfyui.pack("bonsai_core")
 
 
 @pytest.fixture(scope="module")
-def tiny_tes(comfyui: ComfyUISession, module_models: Path) -> dict[str, Path]:  # noqa: F811
+def tiny_tes(comfyui: ComfyUISession, module_models: Path) -> dict[str, Path]:
     """Released-layout tiny TEs: HQQ in a gemlite snapshot, HQQ with Qwen3Model keys in
     models/text_encoders, MLX in an MLX snapshot (tokenizer files inside, as released).
 
@@ -54,3 +52,18 @@ def te_labels(tiny_tes: dict[str, Path]) -> dict[str, str]:
         "hqq_layers": "text_encoders/bonsai-te-hqq-qwen3model",
         "mlx": f"bonsai/{SNAP_MLX}/text_encoder-mlx-4bit",
     }
+
+
+@pytest.fixture(scope="session")
+def lora_mod(comfyui: ComfyUISession) -> ModuleType:
+    return comfyui.pack("nodes.lora")
+
+
+@pytest.fixture(scope="session")
+def lowrank(comfyui: ComfyUISession) -> ModuleType:
+    return comfyui.pack("bonsai_core.lowrank")
+
+
+@pytest.fixture(scope="session")
+def ops(comfyui: ComfyUISession) -> ModuleType:
+    return comfyui.pack("nodes.ops")

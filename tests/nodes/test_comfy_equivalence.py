@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bonsai_graphs import bonsai_loader, ksampler, recipe, recipe_from_latent, stock_klein, unet_loader
+from harness.graphs import bonsai_loader, ksampler, recipe, recipe_from_latent, stock_klein, unet_loader
 
 pytestmark = pytest.mark.comfyui
 

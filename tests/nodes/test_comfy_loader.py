@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from bonsai_graphs import bonsai_loader, recipe
+from harness.graphs import bonsai_loader, recipe
 
 pytestmark = pytest.mark.comfyui
 

@@ -9,7 +9,7 @@ import weakref
 import psutil
 import pytest
 import torch
-from bonsai_graphs import bonsai_loader, capture, recipe
+from harness.graphs import bonsai_loader, capture, recipe
 
 pytestmark = pytest.mark.comfyui
 

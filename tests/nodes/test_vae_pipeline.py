@@ -94,7 +94,7 @@ def test_snapshot_fixture_is_the_released_tree(tmp_path: Path) -> None:
 def own_models(comfyui: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A models root searched first while this module runs (and forgotten afterwards), so these fixtures,
     named like real releases, do not show up in other modules' listings."""
-    import workflow_env as we
+    import harness.workflows as we
 
     with we.models_root(comfyui.folder_paths, tmp_path_factory.mktemp("vae_pipeline_models")) as root:
         yield root

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_lora_smoke(tmp_path: Path, comfyui) -> None:  # comfyui: skips cleanly when ComfyUI is absent
-    cmd = [sys.executable, "-m", "bonsai_core", "bench-lora", "--size", "tiny", "--ranks", "4", "8", "--resolution", "64"]
+    cmd = [sys.executable, "-m", "bonsai_tools", "bench-lora", "--size", "tiny", "--ranks", "4", "8", "--resolution", "64"]
     cmd += ["--txt-tokens", "8", "--warmup", "0", "--reps", "1", "--comfyui", str(comfyui.root), "--out", str(tmp_path)]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

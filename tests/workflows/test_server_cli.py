@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import comfyui_env
+import harness.workflows as we
 import pytest
-import workflow_env as we
+from harness.comfyui import ComfyUISession
+from harness.locate import link_pack
 
 pytestmark = pytest.mark.comfyui
 
@@ -41,7 +42,7 @@ def _find_comfy_cli() -> Path | None:
 
 
 def _link_pack(comfy_root: Path) -> None:
-    comfyui_env.link_pack(comfy_root / "custom_nodes")
+    link_pack(comfy_root / "custom_nodes")
 
 
 def _get_json(url: str, timeout: float = 5.0) -> Any:
@@ -50,7 +51,7 @@ def _get_json(url: str, timeout: float = 5.0) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(comfyui: comfyui_env.ComfyUISession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def server(comfyui: ComfyUISession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A ComfyUI server subprocess on a free port; always terminated.
 
     Depends on the in-process session only for the checkout it found (and so that the session's

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import harness.workflows as we
 import pytest
-import workflow_env as we
 
 from bonsai_tools.workflows import graph as wg
 
