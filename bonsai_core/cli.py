@@ -21,11 +21,12 @@ COMMANDS: dict[str, str] = {
     "convert": ".cli_formats",
     "dequantize": ".cli_formats",
     "make-fixture": ".cli_formats",
-    "bench-linear": ".bench_linear",
-    "bench-model": ".bench_model",
-    "bench-lora": ".bench_lora",
     "download": ".download",
 }
+
+# Developer commands that live in the tooling package now. The runtime must not import it (a user's
+# ComfyUI never needs it), so these names only answer where they went.
+MOVED_TO_TOOLS: frozenset[str] = frozenset({"bench-linear", "bench-model", "bench-lora"})
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the module of the command asked for; --help imports all.
     only = next((a for a in argv if not a.startswith("-")), None)
+    if only in MOVED_TO_TOOLS:
+        sys.stderr.write(f"'{only}' moved: run `python -m bonsai_tools {only}` from the pack folder\n")
+        return 2
     parser = build_parser(only if only in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -18,6 +18,9 @@ from bonsai_core.errors import BonsaiFormatError
 
 # command name -> module (relative to this package) that registers it
 COMMANDS: dict[str, str] = {
+    "bench-linear": ".bench.linear",
+    "bench-model": ".bench.model",
+    "bench-lora": ".bench.lora",
     "build-workflows": ".workflows.build",
 }
 

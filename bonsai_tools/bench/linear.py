@@ -1,4 +1,4 @@
-"""``python -m bonsai_core bench-linear``: time every low-bit backend on the Klein linear shapes.
+"""``python -m bonsai_tools bench-linear``: time every low-bit backend on the Klein linear shapes.
 
 One JSON line per (M, K, N, backend, variant) on stdout: median ms, TFLOP/s, weight bytes the
 kernel reads, first-call seconds (compile/autotune) and the error against a float32 matmul
@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
-from .dispatch import lowbit_linear, select_backend, unavailable_reason
-from .kernel_cache import device_tag, klein_linear_shapes
-from .klein import KLEIN_4B, diffusers_quantized_linears
-from .packing import dequantize, pack_codes
+from bonsai_core.atomic import atomic_path
+from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
+from bonsai_core.kernel_cache import device_tag, klein_linear_shapes
+from bonsai_core.klein import KLEIN_4B, diffusers_quantized_linears
+from bonsai_core.packing import dequantize, pack_codes
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def _meta(device: torch.device, dtype: torch.dtype, args: argparse.Namespace) ->
         "timing": f"median of {args.iters} calls after {args.warmup} warm-up calls"
         + (", CUDA events" if device.type == "cuda" else ", host clock"),
         "reference": "float32 matmul (TF32 off) of the same activations with the exactly dequantized weight",
-        "command": "python -m bonsai_core " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("__main__.py") else None,
+        "command": "python -m bonsai_tools " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("__main__.py") else None,
     }
     return meta
 

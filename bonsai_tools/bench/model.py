@@ -1,4 +1,4 @@
-"""``python -m bonsai_core bench-model``: ComfyUI's own FLUX.2 Klein 4B transformer, stock bf16
+"""``python -m bonsai_tools bench-model``: ComfyUI's own FLUX.2 Klein 4B transformer, stock bf16
 against the same model with Bonsai ops per backend, on full-size synthetic weights.
 
 Why synthetic: speed does not depend on the values, the released files are gigabytes, and the
@@ -40,7 +40,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PKG = "bonsai_image"
 DEFAULT_BACKENDS = ("triton_dequant", "fp8", "auto")
 
@@ -306,7 +306,7 @@ def cold_start(args: argparse.Namespace, variant: str, backend: str) -> dict[str
     with tempfile.TemporaryDirectory(prefix="bonsai-cold-") as tmp:
         env = {**os.environ, "BONSAI_CACHE_DIR": str(Path(tmp) / "bonsai"), "TRITON_CACHE_DIR": str(Path(tmp) / "triton")}
         for label in ("empty_caches", "persisted_caches"):
-            cmd = [sys.executable, "-m", "bonsai_core", "bench-model", "--first-image", variant, "--backends", backend]
+            cmd = [sys.executable, "-m", "bonsai_tools", "bench-model", "--first-image", variant, "--backends", backend]
             if args.comfyui:
                 cmd += ["--comfyui", args.comfyui]
             t0 = time.perf_counter()
@@ -405,16 +405,16 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
     (BFL fused shapes), summed per step with each shape's count. Uses the top-level core."""
     import torch
 
-    from ._kernels_loader import load_kernels
-    from .autotune_table import time_candidate
-    from .kernel_cache import klein_linear_shapes
-    from .klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
-    from .packing import dequantize
-    from .packing import pack_codes as core_pack
+    from bonsai_core._kernels_loader import load_kernels
+    from bonsai_core.autotune_table import time_candidate
+    from bonsai_core.kernel_cache import klein_linear_shapes
+    from bonsai_core.klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
+    from bonsai_core.packing import dequantize
+    from bonsai_core.packing import pack_codes as core_pack
 
     load_kernels()
-    from .kernels import fp8_blockwise as fp
-    from .kernels import triton_dequant as td
+    from bonsai_core.kernels import fp8_blockwise as fp
+    from bonsai_core.kernels import triton_dequant as td
 
     device = torch.device("cuda")
     fused = diffusers_quantized_linears(KLEIN_4B)

@@ -1,4 +1,4 @@
-"""``python -m bonsai_core bench-lora``: per-step cost of LoRAs on a Bonsai FLUX.2 Klein model.
+"""``python -m bonsai_tools bench-lora``: per-step cost of LoRAs on a Bonsai FLUX.2 Klein model.
 
 The model is ComfyUI's own FLUX.2 transformer built with the pack's ``BonsaiOps`` on full-size
 synthetic packed weights (``bench_model.synthetic_state_dict``); LoRAs of rank 16/64/128 on every
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bench_model import env_info, setup_comfy, synthetic_state_dict
+from .model import env_info, setup_comfy, synthetic_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def time_forward(dm: Any, inputs: tuple[Any, Any, Any], device: Any, warmup: int
 
 def synthetic_lora(cfg: Any, rank: int, seed: int) -> dict[str, Any]:
     """The rank-``rank`` LoRA of :mod:`bonsai_core.lora_fixture`, in memory (bf16, CPU, like a loaded file)."""
-    from .lora_fixture import lora_specs
+    from bonsai_core.lora_fixture import lora_specs
 
     return {s.name: s.produce() for s in lora_specs(cfg, rank, seed)}
 
@@ -224,7 +224,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bonsai_core.bench_lora")
+    ap = argparse.ArgumentParser(prog="python -m bonsai_tools.bench.lora")
     register(ap.add_subparsers(dest="command", required=True))
     args = ap.parse_args(["bench-lora", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO)
