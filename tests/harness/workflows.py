@@ -81,11 +81,6 @@ def install_fixtures(models_dir: Path, input_dir: Path, comfy_root: Path) -> Non
             from bonsai_core.lora_fixture import make_lora_fixture
 
             make_lora_fixture(models_dir / "loras" / name, "tiny", rank=4, seed=i)
-    for i, name in enumerate(sorted(wanted.get("lora_name", set()))):
-        if not (models_dir / "loras" / name).is_file():
-            from bonsai_core.lora_fixture import make_lora_fixture
-
-            make_lora_fixture(models_dir / "loras" / name, "tiny", rank=4, seed=i)
     input_dir.mkdir(parents=True, exist_ok=True)
     for i, (name, (w, h)) in enumerate(sorted(EDIT_INPUT_SIZES.items())):
         make_test_image(input_dir / name, w, h, seed=i)
@@ -132,14 +127,6 @@ def image_stats(path: Path) -> tuple[tuple[int, int], float, int]:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.float64)
         return im.size, float(arr.std()), int(len(np.unique(arr)))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def environ_without_tracking(home: Path) -> dict[str, str]:

@@ -13,9 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,11 @@ from typing import Any
 import harness.workflows as we
 import pytest
 from harness.comfyui import ComfyUISession
-from harness.locate import link_pack
+from harness.server import BOOT_TIMEOUT_S, comfyui_server, folders
 
 pytestmark = pytest.mark.comfyui
 
 WORKFLOW = "bonsai_ternary_t2i_512"
-PACK_DIR_NAME = "bonsai_image"
-BOOT_TIMEOUT_S = 240  # server start on a busy 2-core CI machine
 RUN_TIMEOUT_S = 300
 
 
@@ -41,63 +36,18 @@ def _find_comfy_cli() -> Path | None:
     return Path(found) if found else None
 
 
-def _link_pack(comfy_root: Path) -> None:
-    link_pack(comfy_root / "custom_nodes")
-
-
-def _get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (local test server)
-        return json.loads(r.read())
-
-
 @pytest.fixture(scope="module")
 def server(comfyui: ComfyUISession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A ComfyUI server subprocess on a free port; always terminated.
+    """A ComfyUI server subprocess on a free port (see harness.server); always terminated.
 
     Depends on the in-process session only for the checkout it found (and so that the session's
     ComfyUI status, which CI reports, says these tests ran).
     """
-    root: Path = comfyui.root
-    _link_pack(root)
     base = tmp_path_factory.mktemp("server")
-    models, inputs, out = base / "models", base / "input", base / "output"
-    for d in (models / "bonsai", models / "diffusion_models", out, base / "temp", base / "user"):
-        d.mkdir(parents=True, exist_ok=True)
-    we.install_fixtures(models, inputs, root)
-    yaml = base / "extra_model_paths.yaml"
-    yaml.write_text(f"bonsai_tests:\n  base_path: {models}\n  bonsai: bonsai/\n  diffusion_models: diffusion_models/\n")
-    port = we.free_port()
-    cmd = [
-        sys.executable, "main.py", "--cpu", "--port", str(port), "--listen", "127.0.0.1", "--disable-auto-launch",
-        "--extra-model-paths-config", str(yaml), "--output-directory", str(out), "--input-directory", str(inputs),
-        "--temp-directory", str(base / "temp"), "--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:",
-        "--disable-api-nodes", "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_DIR_NAME,
-    ]  # fmt: skip
-    log_path = base / "server.log"
-    log = open(log_path, "wb")  # noqa: SIM115 (closed in the finally below)
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        info = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {proc.returncode} while starting:\n{log_path.read_text(errors='replace')[-4000:]}")
-            try:
-                info = _get_json(f"http://127.0.0.1:{port}/object_info")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                time.sleep(1.0)
-        if info is None:
-            pytest.fail(f"ComfyUI did not answer /object_info within {BOOT_TIMEOUT_S}s:\n{log_path.read_text(errors='replace')[-4000:]}")
-        yield {"port": port, "out": out, "base": base, "root": root, "object_info": info, "log": log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-        log.close()
+    models, inputs, _ = folders(base)
+    we.install_fixtures(models, inputs, comfyui.root)
+    with comfyui_server(comfyui.root, base, BOOT_TIMEOUT_S) as srv:
+        yield {"port": srv.port, "out": srv.out, "base": srv.base, "root": srv.root, "object_info": srv.object_info, "log": srv.log}
 
 
 def test_server_lists_pack_nodes_and_fixture_models(server: dict[str, Any]) -> None:
