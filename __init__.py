@@ -19,8 +19,8 @@ from typing import Any
 
 log = logging.getLogger("bonsai_image")
 
-# Not node modules: operations used by the loader, not a NODES provider.
-_NOT_NODE_MODULES = frozenset({"ops"})
+# Not node modules: helpers of the loaders (operations, folder service, model sources, CLIP building).
+_NOT_NODE_MODULES = frozenset({"ops", "folders", "model_sources", "te_clip"})
 
 IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
 
@@ -54,9 +54,23 @@ def gather_nodes() -> list[Any]:
             continue
         IMPORT_ERRORS.pop(name, None)
         for node in getattr(module, "NODES", ()):
-            if node not in found:
+            if node not in found and _schema_builds(name, node):
                 found.append(node)
     return found
+
+
+def _schema_builds(module: str, node: Any) -> bool:
+    """Build the node's schema once here: ComfyUI builds it right after, and an exception there (e.g. a
+    dropdown listing that hit something unexpected) would make the whole pack fail to load."""
+    try:
+        node.GET_SCHEMA()
+    except Exception as e:  # one node's problem must not hide the others
+        key = f"{module}.{getattr(node, '__name__', node)}"
+        IMPORT_ERRORS[key] = f"{type(e).__name__}: {e}"
+        log.error("Bonsai Image: node %s is unavailable, its schema could not be built: %s: %s", key, type(e).__name__, e)
+        log.debug("schema failure of %s", key, exc_info=True)
+        return False
+    return True
 
 
 if ComfyExtension is not None:

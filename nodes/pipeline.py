@@ -17,16 +17,18 @@ from typing import Any
 
 import comfy.model_patcher
 import comfy.sd
-import comfy.utils
 from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.te_formats import resolve_te_folder
-from . import model_loader, text_encoder, vae
-from ._paths import name_problem
+from . import folders, model_loader, model_sources, text_encoder, vae
 from .text_encoder import dense_te_folder  # with the TE node, which lists and loads the same folders
 
 log = logging.getLogger("bonsai_image.pipeline")
+
+CATEGORY = "Bonsai Image"
+WHAT = "snapshot folder"
+_NO_TE = "the snapshot has no text encoder folder (text_encoder-hqq-4bit/, text_encoder-mlx-4bit/ or text_encoder/)"
 
 
 def find_text_encoder(folder: Path) -> Path | None:
@@ -38,7 +40,7 @@ def find_text_encoder(folder: Path) -> Path | None:
         te = resolve_te_folder(folder)
     except BonsaiFormatError:
         return None
-    return te if te != folder else None  # a bare TE folder is not a snapshot
+    return te if te != folder and text_encoder.is_te_folder(te) else None  # a bare TE folder is not a snapshot
 
 
 def _is_pipeline_snapshot(folder: Path) -> bool:
@@ -49,20 +51,54 @@ def _is_pipeline_snapshot(folder: Path) -> bool:
 def list_snapshots() -> list[str]:
     """Snapshot folders (model loader names, ending with ``/``) that hold a transformer, a text encoder and a VAE."""
     out = []
-    for name in model_loader.snapshot_folders():
-        try:
-            if _is_pipeline_snapshot(model_loader.resolve_model(name)):
-                out.append(name)
-        except (BonsaiFormatError, OSError):
+    for name in model_sources.bonsai_entries():
+        if not name.endswith(model_sources.SNAPSHOT_MARK):
             continue
+        folder = folders.find((folders.BONSAI,), name.rstrip("/"), want_dir=True)
+        if folder is not None and folders.is_ok("pipeline-parts", folder, _parts_problem):
+            out.append(name)
     return out
+
+
+def resolve_snapshot(name: object) -> Path:
+    """The folder of a snapshot name under ``models/bonsai``: ``ValueError`` when refused, ``FileNotFoundError`` when absent."""
+    return folders.locate((folders.BONSAI,), name, WHAT, want_dir=True)
+
+
+def _parts_problem(folder: Path) -> str | None:
+    vae_dir = folder / vae.VAE_SUBDIR
+    if not vae.is_vae_dir(vae_dir):
+        return f"{vae_dir}: the snapshot has no FLUX.2 VAE ({vae.VAE_CONFIG_NAME} + {vae.VAE_WEIGHTS_NAME})"
+    if find_text_encoder(folder) is None:
+        return f"{folder}: {_NO_TE}"
+    return None
+
+
+def _pipeline_problem(folder: Path) -> str | None:
+    # Header-level checks of all three parts, the cheap ones (VAE, text encoder) before the transformer.
+    vae_dir = folder / vae.VAE_SUBDIR
+    if not (vae_dir / vae.VAE_CONFIG_NAME).is_file():
+        return f"{vae_dir}: the snapshot has no FLUX.2 VAE ({vae.VAE_CONFIG_NAME} + {vae.VAE_WEIGHTS_NAME})"
+    vae.read_vae_config(vae_dir)
+    vae.check_vae_weights(vae_dir / vae.VAE_WEIGHTS_NAME)
+    if find_text_encoder(folder) is None:
+        return f"{folder}: {_NO_TE}"
+    return model_sources.describe_problem(folder)
+
+
+def validation_problem(name: object) -> str | None:
+    try:
+        folder = resolve_snapshot(name)
+    except (ValueError, FileNotFoundError) as e:
+        return str(e)
+    return folders.check("pipeline", folder, _pipeline_problem)
 
 
 def load_pipeline(
     snapshot: str | Path, backend: str = "auto", compute_dtype: str = "default"
 ) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE]:
-    """MODEL, CLIP and VAE from one snapshot folder (a combo name from :func:`list_snapshots` or a path)."""
-    folder = Path(snapshot) if Path(snapshot).is_absolute() else model_loader.resolve_model(str(snapshot))
+    """MODEL, CLIP and VAE from one snapshot folder (a path, or a name under ``models/bonsai``, guarded)."""
+    folder = snapshot if isinstance(snapshot, Path) and snapshot.is_absolute() else resolve_snapshot(str(snapshot))
     if not folder.is_dir():
         raise BonsaiFormatError(folder, None, "not a snapshot folder")
     vae_dir = folder / vae.VAE_SUBDIR
@@ -70,9 +106,7 @@ def load_pipeline(
         raise BonsaiFormatError(vae_dir, None, f"the snapshot has no FLUX.2 VAE ({vae.VAE_CONFIG_NAME} + {vae.VAE_WEIGHTS_NAME})")
     te_dir = find_text_encoder(folder)
     if te_dir is None:
-        raise BonsaiFormatError(
-            folder, None, "the snapshot has no text encoder folder (text_encoder-hqq-4bit/, text_encoder-mlx-4bit/ or text_encoder/)"
-        )
+        raise BonsaiFormatError(folder, None, _NO_TE)
     # Header-only VAE checks first: a broken vae/ should fail before the transformer is loaded.
     vae.read_vae_config(vae_dir)
     vae.check_vae_weights(vae_dir / vae.VAE_WEIGHTS_NAME)
@@ -90,21 +124,21 @@ class BonsaiPipelineLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="BonsaiPipelineLoader",
-            display_name="Load Bonsai Pipeline (snapshot folder)",
-            category="Bonsai Image",
+            display_name="Bonsai Load Pipeline",
+            category=CATEGORY,
             description="Loads a downloaded Bonsai Image release folder (models/bonsai/<repo>/) as MODEL, CLIP and VAE.",
-            search_aliases=["bonsai", "flux2 klein", "checkpoint loader", "pipeline"],
+            search_aliases=["bonsai", "flux2 klein", "checkpoint loader", "pipeline", "snapshot"],
             inputs=[
                 io.Combo.Input(
                     "snapshot",
                     options=list_snapshots(),
-                    tooltip="A release folder under models/bonsai with transformer, text encoder and vae.",
+                    tooltip=f"A release folder under models/bonsai with transformer, text encoder and vae. Empty? {folders.models_hint()}.",
                 ),
                 io.Combo.Input(
                     "backend",
                     options=model_loader.backend_choices(),
                     default="auto",
-                    tooltip="Low-bit matmul backend; auto picks the fastest that runs here.",
+                    tooltip="Low-bit matmul kernel; auto picks the fastest that runs here (the load log names it).",
                 ),
                 io.Combo.Input(
                     "compute_dtype",
@@ -118,36 +152,24 @@ class BonsaiPipelineLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, snapshot: str) -> bool | str:
-        # Taking snapshot here replaces ComfyUI's "value not in list" check with a precise message at
-        # queue time (transformer header, VAE header), as the model loader node does for its files.
-        problem = name_problem(snapshot, "snapshot folder", "models/bonsai")
-        if problem is not None:
-            return problem
-        try:
-            folder = model_loader.resolve_model(snapshot)
-            problem = model_loader.describe_problem(folder)
-            if problem is not None:
-                return problem
-            vae.read_vae_config(folder / vae.VAE_SUBDIR)
-            vae.check_vae_weights(folder / vae.VAE_SUBDIR / vae.VAE_WEIGHTS_NAME)
-        except (BonsaiFormatError, OSError) as e:
-            return str(e)
-        if find_text_encoder(folder) is None:
-            return f"{folder}: the snapshot has no text encoder folder (text_encoder-hqq-4bit/, text_encoder-mlx-4bit/ or text_encoder/)"
-        return True
+        # Replaces ComfyUI's "value not in list" check with one precise line at queue time: refused or missing
+        # name (and how to get the release), or the first bad part (VAE header, text encoder, transformer header).
+        problem = validation_problem(snapshot)
+        return True if problem is None else problem
 
     @classmethod
     def fingerprint_inputs(cls, snapshot: str, backend: str, compute_dtype: str) -> Any:
         # A re-downloaded snapshot under the same name must reload.
         try:
-            st = model_loader.resolve_model(snapshot).stat()
-        except (BonsaiFormatError, OSError):
-            return None
-        return (snapshot, st.st_mtime_ns, backend, compute_dtype)
+            fp = folders.fingerprint(resolve_snapshot(snapshot))
+        except (ValueError, OSError):
+            return None  # execute raises the precise error
+        return (snapshot, fp, backend, compute_dtype)
 
     @classmethod
     def execute(cls, snapshot: str, backend: str, compute_dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(*load_pipeline(snapshot, backend, compute_dtype))
+        # Resolved (and guarded) here: a name arriving through a link never reached validate_inputs.
+        return io.NodeOutput(*load_pipeline(resolve_snapshot(snapshot), backend, compute_dtype))
 
 
 NODES: list[type[io.ComfyNode]] = [BonsaiPipelineLoader]

@@ -96,7 +96,7 @@ class BonsaiSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="BonsaiSampler",
-            display_name="Bonsai Sampler (4-step recipe)",
+            display_name="Bonsai Sampler",
             category="Bonsai Image",
             description=(
                 "The released Bonsai/FLUX.2 Klein distilled recipe: Euler, 4 steps, Flux2Scheduler shift for the image size, "

@@ -1,39 +1,27 @@
-"""Load a released 4-bit Qwen3-4B text encoder (HQQ or MLX) as a stock ComfyUI ``CLIP``.
+"""``BonsaiTextEncoderLoader``: a released Qwen3-4B text encoder folder as a stock ComfyUI ``CLIP``.
 
-The result is what ``CLIPLoader(type="flux2")`` returns for a dense Qwen3-4B file -- ComfyUI's own
-``comfy.text_encoders.flux.klein_te`` (``Flux2TEModel`` around the Llama2-family ``Qwen3_4B``,
-hidden states before layers 9/18/27 stacked to 3 x hidden) with ComfyUI's ``KleinTokenizer``
-(chat template, 512 tokens) -- so the stock ``CLIPTextEncode`` works unchanged. Two things differ:
+The 4-bit folders (``text_encoder-hqq-4bit``, ``text_encoder-mlx-4bit``) stay 4-bit in memory
+(:mod:`.te_clip` builds ComfyUI's own Klein text encoder on packed operations); the unpacked
+releases' bf16 ``text_encoder/`` loads dense with ComfyUI's stock operations. Either way the
+result is what the stock CLIP loader returns for Klein, so ``CLIPTextEncode`` works unchanged.
 
-* the operations: :class:`Packed4BitOps` replaces ``Linear`` and ``Embedding`` with modules whose
-  state is the released 4-bit codes + scales + zeros/biases as buffers. ``forward`` dequantizes
-  one layer (or only the looked-up embedding rows) at a time, in the activation dtype, and drops
-  it; the model is never expanded to bf16.
-* the model config is read from the folder's ``config.json`` (so reduced-size test models work).
-
-The CLIP's ``ModelPatcher`` is ComfyUI's, so model management moves the packed buffers to the GPU
-for encoding and back to the offload device when memory is needed (or on "unload models"),
-exactly like a stock text encoder. Nothing global is patched: stock ``CLIPLoader`` is unaffected.
+The dropdown lists only folders whose ``config.json`` is a Qwen3 language-model config with
+weights next to it (a release's ``vae/`` and ``transformer/`` also hold a config.json and a
+safetensors file, but a diffusers one), checked cheaply and cached per fingerprint by
+:mod:`.folders`, which also guards every name at validation and again at execution.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import comfy.model_management
-import comfy.ops
 import comfy.sd
-import comfy.sd1_clip
 import comfy.text_encoders.flux
-import comfy.text_encoders.llama
 import comfy.utils
-import folder_paths
 import torch
 from comfy_api.latest import io
 
@@ -41,252 +29,34 @@ from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.te_formats import (
     HQQ_FILE,
-    TEWeights,
-    dequantize_4bit,
     expected_dense_shapes,
     expected_linear_shapes,
     find_tokenizer_dir,
-    head_dim,
     read_te,
-    resolve_te_folder,
-    rope_theta,
     te_layout,
+)
+from . import folders
+from .te_clip import (  # noqa: F401  (re-exported: tests and tools build reference CLIPs through this module)
+    MODEL_NAME,
+    ConfiguredQwen3,
+    ConfiguredQwen3Model,
+    Packed4BitLinear,
+    Packed4BitOps,
+    PackedOrDenseEmbedding,
+    build_clip,
+    clip_model_options,
+    llama_config,
+    te_state_dict,
 )
 
 log = logging.getLogger(__name__)
 
-BONSAI_FOLDER = "bonsai"
-MODEL_NAME = "qwen3_4b"  # the name klein_te gives its clip model; model_options keys derive from it
-_LIST_DEPTH = 3
-_OFFSET_KEYS = {"hqq": "weight_zeros", "mlx": "weight_biases"}
-_KEYS_LAYOUT = {v: k for k, v in _OFFSET_KEYS.items()}
+CATEGORY = "Bonsai Image"
+TE_KINDS = (folders.BONSAI, "text_encoders")  # labels are "<kind>/<folder relative to that root>"
+_LIST_DEPTH = 3  # bonsai/<group>/<repo>/text_encoder-*-4bit
 PROBE_PROMPT = "a red fox, 3 birds & a café at dusk"
-
-
-# ----------------------------------------------------------------------------- operations
-
-
-class _PackedState(torch.nn.Module):
-    """Shared loading of ``<prefix>weight_codes`` / ``weight_scales`` / ``weight_zeros|weight_biases``."""
-
-    layout: str | None = None
-
-    def _take_packed(self, state_dict: dict[str, Any], prefix: str, missing_keys: list[str], rows: int, cols: int) -> None:
-        offset_key = next((k for k in _KEYS_LAYOUT if prefix + k in state_dict), None)
-        if prefix + "weight_codes" not in state_dict or prefix + "weight_scales" not in state_dict or offset_key is None:
-            missing_keys.append(prefix + "weight_codes")
-            return
-        codes = state_dict.pop(prefix + "weight_codes")
-        scales = state_dict.pop(prefix + "weight_scales")
-        offsets = state_dict.pop(prefix + offset_key)
-        if (
-            codes.dtype != torch.uint8
-            or tuple(codes.shape) != (rows, cols // 2)
-            or scales.shape != offsets.shape
-            or scales.shape[0] != rows
-        ):
-            raise BonsaiFormatError(
-                prefix.rstrip("."),
-                "weight_codes",
-                f"packed {codes.dtype} {list(codes.shape)} / scales {list(scales.shape)} do not fit a [{rows}, {cols}] 4-bit weight",
-            )
-        self.layout = _KEYS_LAYOUT[offset_key]
-        self.group_size = cols // scales.shape[1]
-        # buffers, not parameters: ComfyUI moves them with the module and counts them in model_size(),
-        # and no one (LoRA, casting) mistakes packed codes for a dense weight
-        for name, t in (("weight_codes", codes), ("weight_scales", scales), (offset_key, offsets)):
-            self.register_buffer(name, t, persistent=True)
-            setattr(self, f"{name}_comfy_model_dtype", t.dtype)  # the dynamic patcher casts buffers to this
-
-    def _packed(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        offsets = getattr(self, _OFFSET_KEYS[self.layout])
-        return (
-            self.weight_codes.to(device, non_blocking=True),
-            self.weight_scales.to(device, non_blocking=True),
-            offsets.to(device, non_blocking=True),
-        )
-
-
-class Packed4BitLinear(_PackedState):
-    """``y = x @ W.T`` with ``W`` held as 4-bit codes; dense only for the duration of one call."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, device: Any = None, dtype: Any = None) -> None:
-        super().__init__()
-        if bias:
-            raise ValueError("Qwen3 linears have no bias")
-        self.in_features, self.out_features = in_features, out_features
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:  # noqa: ANN001
-        self._take_packed(state_dict, prefix, missing_keys, self.out_features, self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        comfy.ops.run_every_op()  # interrupt check, as stock ops do
-        codes, scales, offsets = self._packed(x.device)
-        w = dequantize_4bit(codes, scales, offsets, self.layout, x.dtype, self.group_size)
-        return torch.nn.functional.linear(x, w)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, layout={self.layout}"
-
-
-class PackedOrDenseEmbedding(_PackedState):
-    """The token embedding: dense (HQQ ships it bf16) or 4-bit (MLX quantizes it too).
-
-    Rows are looked up where the table lives and only those rows move (and, packed, are dequantized).
-    """
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, *args: Any, device: Any = None, dtype: Any = None, **kwargs: Any) -> None:
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.register_buffer("weight", None)  # dense table (HQQ); stays None when packed (MLX)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:  # noqa: ANN001
-        if prefix + "weight" in state_dict:
-            w = state_dict.pop(prefix + "weight")
-            if tuple(w.shape) != (self.num_embeddings, self.embedding_dim):
-                raise BonsaiFormatError(
-                    prefix.rstrip("."), "weight", f"shape {list(w.shape)}, expected {[self.num_embeddings, self.embedding_dim]}"
-                )
-            self.register_buffer("weight", w, persistent=True)
-            self.weight_comfy_model_dtype = w.dtype
-        else:
-            self._take_packed(state_dict, prefix, missing_keys, self.num_embeddings, self.embedding_dim)
-
-    def forward(self, input_ids: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        out_dtype = out_dtype or torch.float32
-        if self.weight is not None:
-            rows = torch.nn.functional.embedding(input_ids.to(self.weight.device), self.weight)
-            return rows.to(input_ids.device, out_dtype)
-        where = self.weight_codes.device
-        ids = input_ids.to(where).reshape(-1)
-        offsets = getattr(self, _OFFSET_KEYS[self.layout])
-        rows = dequantize_4bit(self.weight_codes[ids], self.weight_scales[ids], offsets[ids], self.layout, out_dtype, self.group_size)
-        return rows.to(input_ids.device).reshape(*input_ids.shape, self.embedding_dim)
-
-
-class Packed4BitOps(comfy.ops.manual_cast):
-    """ComfyUI operations for the packed TE: everything stock except Linear and Embedding."""
-
-    Linear = Packed4BitLinear
-    Embedding = PackedOrDenseEmbedding
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def llama_config(config: dict[str, Any]) -> dict[str, Any]:
-    """ComfyUI ``Qwen3_4BConfig`` fields (and ``head_dim``) from an HF Qwen3 ``config.json``."""
-    return {
-        "vocab_size": config["vocab_size"],
-        "hidden_size": config["hidden_size"],
-        "intermediate_size": config["intermediate_size"],
-        "num_hidden_layers": config["num_hidden_layers"],
-        "num_attention_heads": config["num_attention_heads"],
-        "num_key_value_heads": config["num_key_value_heads"],
-        "max_position_embeddings": config.get("max_position_embeddings", 40960),
-        "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
-        "rope_theta": rope_theta(config),
-        "head_dim": head_dim(config),
-    }
-
-
-class ConfiguredQwen3(comfy.text_encoders.llama.Qwen3_4B):
-    """ComfyUI's ``Qwen3_4B`` whose geometry comes from the config dict.
-
-    ``Qwen3_4BConfig`` keeps ``head_dim`` as a class attribute (not a dataclass field), so it is set
-    on the instance; every other value goes through the dataclass as in stock ComfyUI.
-    """
-
-    def __init__(self, config_dict: dict[str, Any], dtype: Any, device: Any, operations: Any) -> None:
-        torch.nn.Module.__init__(self)
-        fields = {f.name for f in dataclasses.fields(comfy.text_encoders.llama.Qwen3_4BConfig)}
-        config = comfy.text_encoders.llama.Qwen3_4BConfig(**{k: v for k, v in config_dict.items() if k in fields})
-        if "head_dim" in config_dict:
-            config.head_dim = int(config_dict["head_dim"])
-        self.num_layers = config.num_hidden_layers
-        self.model = comfy.text_encoders.llama.Llama2_(config, device=device, dtype=dtype, ops=operations)
-        self.dtype = dtype
-
-
-class ConfiguredQwen3Model(comfy.text_encoders.flux.Qwen3_4BModel):
-    """Stock ``Qwen3_4BModel`` (layers 9/18/27, pad 151643, attention masks) on :class:`ConfiguredQwen3`."""
-
-    def __init__(
-        self,
-        device: Any = "cpu",
-        layer: Any = None,
-        layer_idx: Any = None,
-        dtype: Any = None,
-        attention_mask: bool = True,
-        model_options: dict[str, Any] | None = None,
-    ) -> None:
-        comfy.sd1_clip.SDClipModel.__init__(
-            self,
-            device=device,
-            layer=list(layer) if layer is not None else [9, 18, 27],
-            layer_idx=layer_idx,
-            textmodel_json_config={},  # geometry arrives through model_options["qwen3_4b_model_config"]
-            dtype=dtype,
-            special_tokens={"pad": 151643},
-            layer_norm_hidden_state=False,
-            model_class=ConfiguredQwen3,
-            enable_attention_masks=attention_mask,
-            return_attention_masks=attention_mask,
-            model_options=model_options or {},
-        )
-
-
-def te_state_dict(te: TEWeights) -> dict[str, torch.Tensor]:
-    """HF names with each packed ``X.weight`` split into ``X.weight_codes/_scales/_zeros|_biases``."""
-    sd = dict(te.dense)
-    for name, p in te.packed.items():
-        base = name[: -len("weight")]
-        sd[base + "weight_codes"] = p.codes
-        sd[base + "weight_scales"] = p.scales
-        sd[base + _OFFSET_KEYS[p.layout]] = p.offsets
-    return sd
-
-
-def clip_model_options(config: dict[str, Any], operations: Any = None) -> dict[str, Any]:
-    """``model_options`` for ``comfy.sd.CLIP`` building ``klein_te`` with this config (and ops)."""
-    options: dict[str, Any] = {f"{MODEL_NAME}_class": ConfiguredQwen3Model, f"{MODEL_NAME}_model_config": llama_config(config)}
-    if operations is not None:
-        options["custom_operations"] = operations
-    return options
-
-
-class _Target:
-    """What ``comfy.sd.CLIP`` expects from a detection result (``params``, ``clip``, ``tokenizer``)."""
-
-    def __init__(self, clip: Any, tokenizer: Any) -> None:
-        self.params: dict[str, Any] = {}
-        self.clip = clip
-        self.tokenizer = tokenizer
-
-
-def build_clip(
-    config: dict[str, Any],
-    state_dict: dict[str, torch.Tensor],
-    *,
-    operations: Any = None,
-    dtype: torch.dtype = torch.bfloat16,
-    extra_options: dict[str, Any] | None = None,
-) -> comfy.sd.CLIP:
-    """A stock ``comfy.sd.CLIP`` around ``klein_te`` + ``KleinTokenizer``; ``operations=None`` means
-    ComfyUI's stock ``manual_cast`` ops with dense weights (the reference path)."""
-    target = _Target(comfy.text_encoders.flux.klein_te(dtype_llama=dtype, model_type=MODEL_NAME), comfy.text_encoders.flux.KleinTokenizer)
-    options = {**clip_model_options(config, operations), **(extra_options or {})}
-    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
-    # CLIP sizes its initial placement as parameters x dtype size: pass the bytes actually held
-    parameters = nbytes // torch.empty((), dtype=dtype).element_size()
-    clip = comfy.sd.CLIP(
-        target,
-        embedding_directory=folder_paths.get_folder_paths("embeddings"),
-        parameters=parameters,
-        state_dict=[state_dict],
-        model_options=options,
-    )
-    return clip
+WHAT = "Bonsai text encoder folder"
+_QWEN3_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size")
 
 
 def load_packed_clip(
@@ -319,20 +89,56 @@ DENSE_TE_FOLDER = "text_encoder"  # diffusers pipeline layout of the unpacked re
 _ST_INDEX = "model.safetensors.index.json"
 
 
+def _te_config(folder: Path) -> dict[str, Any]:
+    """The folder's ``config.json`` when it describes a Qwen3 language model (bounded read), else ValueError.
+
+    A diffusers component (``vae/``, ``transformer/``) carries ``_class_name``; a Qwen3 config carries
+    ``model_type``/``architectures`` naming Qwen3 and the integer geometry the loaders need."""
+    cfg = folders.read_json_object(folder / "config.json")
+    if "_class_name" in cfg:
+        raise ValueError(f"{folder}: a diffusers {cfg['_class_name']!r} folder, not a Qwen3 text encoder")
+    lm = cfg.get("text_config", cfg)  # some exports nest the language model config (VL-style)
+    if not isinstance(lm, dict):
+        raise ValueError(f"{folder / 'config.json'}: text_config is not an object")
+    names = [str(cfg.get("model_type", "")), str(lm.get("model_type", ""))]
+    archs = cfg.get("architectures")
+    names += [str(a) for a in archs] if isinstance(archs, list) else []
+    if not any(n.lower().startswith("qwen3") for n in names):
+        raise ValueError(f"{folder / 'config.json'}: not a Qwen3 config (model_type/architectures)")
+    bad = [k for k in _QWEN3_INTS if not isinstance(lm.get(k), int) or isinstance(lm.get(k), bool)]
+    if bad:
+        raise ValueError(f"{folder / 'config.json'}: lacks integer {bad[0]!r}")
+    return cfg
+
+
+def _dense_problem(te: Path) -> str | None:
+    cfg = _te_config(te)
+    if (te / HQQ_FILE).exists() or "quantization" in cfg or "quantization_config" in cfg:
+        return f"{te}: a 4-bit text encoder, not a dense one"
+    if not ((te / _ST_INDEX).is_file() or any(te.glob("*.safetensors"))):
+        return f"{te}: no .safetensors weights"
+    return None
+
+
 def is_dense_te(te: Path) -> bool:
     """A bf16 HF Qwen3 folder (safetensors, config without a quantization section, no ``qmodel.pt``).
 
     Checked before :func:`te_layout`, which takes any ``model.safetensors`` folder for MLX 4-bit."""
-    cfg_path = te / "config.json"
-    if not cfg_path.is_file() or (te / HQQ_FILE).exists():
-        return False
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(cfg, dict) or "quantization" in cfg or "quantization_config" in cfg:
-        return False
-    return (te / _ST_INDEX).is_file() or any(te.glob("*.safetensors"))
+    return folders.is_ok("te-dense", te, _dense_problem)
+
+
+def _te_problem(folder: Path) -> str | None:
+    """None when the TE loader can load ``folder`` (cheap: config + which weight files exist)."""
+    if not (folder / "config.json").is_file():
+        return f"{folder}: no config.json"
+    _te_config(folder)
+    if te_layout(folder) is None and not is_dense_te(folder):
+        return f"{folder}: no text encoder weights ({HQQ_FILE}, model.safetensors or bf16 shards)"
+    return None
+
+
+def is_te_folder(folder: Path) -> bool:
+    return folders.is_ok("te-folder", folder, _te_problem)
 
 
 def dense_te_folder(folder: Path) -> Path | None:
@@ -349,16 +155,17 @@ def load_dense_clip(te_dir: Path) -> comfy.sd.CLIP:
     """
     cfg_path = te_dir / "config.json"
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BonsaiFormatError(cfg_path, None, f"cannot read the text encoder config: {e}") from e
+        config = folders.read_json_object(cfg_path)
+    except (OSError, ValueError) as e:
+        raise BonsaiFormatError(cfg_path, None, f"cannot read the text encoder config: {e}") from None
     index = te_dir / _ST_INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise BonsaiFormatError(index, None, f"cannot read the shard index: {e}") from e
-        files = sorted({te_dir / f for f in weight_map.values()})
+            weight_map = folders.read_json_object(index)["weight_map"]
+            shards = {folders.guard(f, "shard", str(te_dir)) for f in weight_map.values()}  # index entries are names, not paths
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BonsaiFormatError(index, None, f"cannot read the shard index: {e}") from None
+        files = sorted(te_dir / f for f in shards)
     else:
         files = sorted(te_dir.glob("*.safetensors"))
     where: dict[str, tuple[Path, tuple[int, ...]]] = {}
@@ -434,49 +241,39 @@ def verify_tokenizer(tokenizer_dir: str) -> list[int]:
     return want
 
 
-# ----------------------------------------------------------------------------- listing
-
-
-def ensure_bonsai_folder() -> list[str]:
-    folder_paths.add_model_folder_path(BONSAI_FOLDER, os.path.join(folder_paths.models_dir, BONSAI_FOLDER))
-    return folder_paths.get_folder_paths(BONSAI_FOLDER)
-
-
-def _scan(root: Path) -> list[Path]:
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    for dirpath, dirnames, _files in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        depth = len(here.relative_to(root).parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < _LIST_DEPTH else []
-        if depth and (here / "config.json").is_file() and (is_dense_te(here) or te_layout(here)):
-            found.append(here)
-            dirnames.clear()
-    return found
+# ----------------------------------------------------------------------------- listing and the node
 
 
 def list_te_folders() -> dict[str, Path]:
-    """``label -> folder`` for every 4-bit or bf16 (unpacked release) TE folder under ``models/bonsai`` and ``models/text_encoders``."""
+    """``label -> folder`` for every loadable TE folder under ``models/bonsai`` and ``models/text_encoders``."""
     out: dict[str, Path] = {}
-    roots = [(BONSAI_FOLDER, r) for r in ensure_bonsai_folder()] + [
-        ("text_encoders", r) for r in folder_paths.get_folder_paths("text_encoders")
-    ]
-    for kind, root in roots:
-        for folder in _scan(Path(root)):
-            out.setdefault(f"{kind}/{folder.relative_to(root).as_posix()}", folder)
+    for kind in TE_KINDS:
+        for root in folders.roots(kind):
+            for e in folders.walk(root, _LIST_DEPTH, descend=lambda e: not is_te_folder(e.path)):
+                if e.is_dir and is_te_folder(e.path):
+                    out.setdefault(f"{kind}/{e.rel}", e.path)
     return dict(sorted(out.items()))
 
 
-def resolve_label(label: str) -> Path:
-    folders = list_te_folders()
-    if label in folders:
-        return folders[label]
-    if os.path.isabs(label):
-        return resolve_te_folder(label)
-    raise BonsaiFormatError(
-        label, None, f"no such text encoder folder; found: {', '.join(folders) or 'none (download one with the Bonsai downloader)'}"
-    )
+def resolve_label(label: object) -> Path:
+    """The folder of a combo label ``<kind>/<relative folder>``: ``ValueError`` when refused, ``FileNotFoundError`` when absent."""
+    where = " or ".join(f"models/{k}" for k in TE_KINDS)
+    name = folders.guard(label, WHAT, where)
+    kind, _, rel = name.partition("/")
+    if kind not in TE_KINDS or not rel.strip("/"):
+        raise ValueError(f"{name!r}: not a {WHAT} name (labels start with {' or '.join(k + '/' for k in TE_KINDS)})")
+    found = folders.find((kind,), rel.rstrip("/"), want_dir=True)
+    if found is None:
+        raise FileNotFoundError(folders.missing(name, WHAT, (kind,)))
+    return found
+
+
+def validation_problem(label: object) -> str | None:
+    try:
+        folder = resolve_label(label)
+    except (ValueError, FileNotFoundError) as e:
+        return str(e)
+    return folders.check("te-folder", folder, _te_problem)
 
 
 class BonsaiTextEncoderLoader(io.ComfyNode):
@@ -484,25 +281,43 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="BonsaiTextEncoderLoader",
-            display_name="Load Bonsai Text Encoder (4-bit Qwen3)",
-            category="loaders/bonsai",
+            display_name="Bonsai Load Text Encoder",
+            category=CATEGORY,
             description=(
                 "Loads the released Qwen3-4B text encoder (text_encoder-hqq-4bit or text_encoder-mlx-4bit, weights stay 4-bit "
                 "in memory; or the unpacked releases' bf16 text_encoder) as a FLUX.2 Klein CLIP for the stock CLIP Text Encode node."
             ),
+            search_aliases=["bonsai", "qwen3", "clip loader", "text encoder"],
             inputs=[
                 io.Combo.Input(
                     "text_encoder",
                     options=list(list_te_folders()),
-                    tooltip="models/bonsai/<repo>/text_encoder-*-4bit (or text_encoder/ of an unpacked release) or a folder in models/text_encoders",
+                    tooltip=(
+                        "models/bonsai/<repo>/text_encoder-*-4bit (or text_encoder/ of an unpacked release) or a Qwen3 folder in "
+                        f"models/text_encoders. Empty? {folders.models_hint()}."
+                    ),
                 )
             ],
             outputs=[io.Clip.Output()],
         )
 
     @classmethod
+    def validate_inputs(cls, text_encoder: str) -> bool | str:
+        # Replaces ComfyUI's "not in [...]" check: one line saying what is wrong or missing and how to get it.
+        problem = validation_problem(text_encoder)
+        return True if problem is None else problem
+
+    @classmethod
+    def fingerprint_inputs(cls, text_encoder: str) -> Any:
+        try:
+            return (text_encoder, folders.fingerprint(resolve_label(text_encoder)))
+        except (ValueError, OSError):
+            return None  # execute raises the precise error
+
+    @classmethod
     def execute(cls, text_encoder: str) -> io.NodeOutput:
+        # Resolved (and guarded) here too: a name arriving through a link never reached validate_inputs.
         return io.NodeOutput(load_clip(resolve_label(text_encoder)))
 
 
-NODES = [BonsaiTextEncoderLoader]
+NODES: list[type[io.ComfyNode]] = [BonsaiTextEncoderLoader]

@@ -13,7 +13,6 @@ under any name and pick it in the stock "Load VAE" node.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -21,88 +20,78 @@ from typing import Any
 
 import comfy.sd
 import comfy.utils
-import folder_paths
 from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.vae_fixture import FULL_BLOCK_OUT, LATENT_CHANNELS, VAE_CLASS_NAME, VAE_CONFIG_NAME, VAE_WEIGHTS_NAME, vae_tensor_shapes
-from ._paths import name_problem
+from . import folders
 
 log = logging.getLogger(__name__)
 
-BONSAI_FOLDER = "bonsai"  # models/bonsai/<repo-name>/ holds downloaded snapshots
+CATEGORY = "Bonsai Image"
 VAE_SUBDIR = "vae"
 # FLUX.2 latents as the DiT sees them: 32 VAE channels x 2x2 patch, 16x spatial reduction.
 FLUX2_LATENT_CHANNELS = 4 * LATENT_CHANNELS
 FLUX2_DOWNSCALE = 16
 _LIST_DEPTH = 3  # <repo>/vae is depth 2; allow one grouping folder above a repo
-
-
-def ensure_bonsai_folder() -> list[str]:
-    """Register ``models/bonsai`` as a model folder (idempotent) and return all its roots.
-
-    Roots added through ``extra_model_paths.yaml`` (key ``bonsai``) are kept.
-    """
-    folder_paths.add_model_folder_path(BONSAI_FOLDER, os.path.join(folder_paths.models_dir, BONSAI_FOLDER))
-    return folder_paths.get_folder_paths(BONSAI_FOLDER)
+WHAT = "VAE folder"
 
 
 def is_vae_dir(path: Path) -> bool:
-    return (path / VAE_CONFIG_NAME).is_file() and (path / VAE_WEIGHTS_NAME).is_file()
+    """A FLUX.2 VAE folder: its config says ``AutoencoderKLFlux2`` and the weights file is there (cached, never raises).
+
+    A release's ``transformer/`` has the same two file names, so the config is what tells them apart."""
+    return folders.is_ok("vae-config", path, _vae_listing_problem)
+
+
+def _vae_listing_problem(path: Path) -> str | None:
+    read_vae_config(path)
+    weights = path / VAE_WEIGHTS_NAME
+    if not weights.is_file():
+        return f"{weights}: file not found"
+    return None
 
 
 def list_vae_folders() -> list[str]:
-    """VAE folders under the ``bonsai`` roots, as '/'-separated paths relative to their root.
+    """FLUX.2 VAE folders under the ``bonsai`` roots, as '/'-separated paths relative to their root.
 
-    A snapshot gives ``<repo-name>/vae``; a bare VAE folder dropped into ``models/bonsai/`` gives its name.
-    """
+    A snapshot gives ``<repo-name>/vae``; a bare VAE folder dropped into ``models/bonsai/`` gives its name."""
     found: set[str] = set()
-    for root in ensure_bonsai_folder():
-        base = Path(root)
-        if not base.is_dir():
-            continue
-        for dirpath, dirnames, _files in os.walk(base, followlinks=True):
-            here = Path(dirpath)
-            depth = len(here.relative_to(base).parts)
-            if depth >= _LIST_DEPTH:
-                dirnames.clear()
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            if depth and is_vae_dir(here):
-                found.add(here.relative_to(base).as_posix())
-                dirnames.clear()  # a VAE folder holds no further VAEs
+    for root in folders.roots(folders.BONSAI):
+        for e in folders.walk(root, _LIST_DEPTH, descend=lambda e: not is_vae_dir(e.path)):
+            if e.is_dir and is_vae_dir(e.path):
+                found.add(e.rel)
     return sorted(found)
 
 
-def resolve_vae_folder(name: str) -> Path:
-    """The absolute VAE folder for a name from :func:`list_vae_folders`, or an absolute folder path.
+def resolve_vae_folder(name: object) -> Path:
+    """The VAE folder of a listed name (``<repo>/vae``), or of a snapshot name (its ``vae/``).
 
-    A snapshot folder (holding ``vae/``) is accepted too, so the pipeline loader can pass its snapshot.
-    """
-    candidates = [Path(name)] if os.path.isabs(name) else [Path(root) / name for root in ensure_bonsai_folder()]
-    for cand in candidates:
-        for folder in (cand, cand / VAE_SUBDIR):
-            if is_vae_dir(folder):
-                return folder
-    where = ", ".join(str(c) for c in candidates) or "(no bonsai model folder)"
-    raise FileNotFoundError(f"no FLUX.2 VAE folder '{name}' ({VAE_CONFIG_NAME} + {VAE_WEIGHTS_NAME}) in {where}")
+    ``ValueError`` for names outside ``models/bonsai``; ``FileNotFoundError`` (one line, with how to get
+    the release) when no folder with a VAE config is there."""
+    rel = folders.guard(name, WHAT, "models/bonsai").rstrip("/")
+    for sub in ("", VAE_SUBDIR):
+        cand = folders.find((folders.BONSAI,), f"{rel}/{sub}" if sub else rel, want_dir=True)
+        # A folder with a config is returned even when the config is wrong: validation then says what is wrong with it.
+        if cand is not None and (cand / VAE_CONFIG_NAME).is_file():
+            return cand
+    raise FileNotFoundError(folders.missing(name, WHAT, (folders.BONSAI,)))
 
 
 def read_vae_config(vae_dir: Path) -> dict[str, Any]:
     """Parse and check ``config.json``: it must describe a FLUX.2 VAE (AutoencoderKLFlux2, 32 latent channels, 2x2 patch)."""
     path = vae_dir / VAE_CONFIG_NAME
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BonsaiFormatError(path, None, f"cannot read the VAE config: {e}") from e
-    if not isinstance(cfg, dict):
-        raise BonsaiFormatError(path, None, "the VAE config is not a JSON object")
+        cfg = folders.read_json_object(path)
+    except (OSError, ValueError) as e:
+        raise BonsaiFormatError(path, None, f"cannot read the VAE config: {e}") from None
     cls = cfg.get("_class_name")
     if cls != VAE_CLASS_NAME:
         raise BonsaiFormatError(path, None, f"_class_name is {cls!r}, expected {VAE_CLASS_NAME!r} (the FLUX.2 VAE)")
-    if int(cfg.get("latent_channels", -1)) != LATENT_CHANNELS:
+    if cfg.get("latent_channels") != LATENT_CHANNELS:
         raise BonsaiFormatError(path, None, f"latent_channels is {cfg.get('latent_channels')!r}, the FLUX.2 VAE has {LATENT_CHANNELS}")
-    if list(cfg.get("patch_size", [2, 2])) != [2, 2]:
+    if cfg.get("patch_size", [2, 2]) != [2, 2]:
         raise BonsaiFormatError(path, None, f"patch_size is {cfg.get('patch_size')!r}, the FLUX.2 VAE uses [2, 2]")
     return cfg
 
@@ -163,14 +152,15 @@ class BonsaiVAELoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="BonsaiVAELoader",
-            display_name="Load Bonsai VAE (FLUX.2, diffusers folder)",
-            category="loaders/bonsai",
+            display_name="Bonsai Load VAE",
+            category=CATEGORY,
             description="Loads the diffusers-format FLUX.2 VAE folder of a Bonsai Image release (models/bonsai/<repo>/vae) as a stock VAE.",
+            search_aliases=["bonsai", "flux2 vae", "vae loader"],
             inputs=[
                 io.Combo.Input(
                     "vae_folder",
                     options=list_vae_folders(),
-                    tooltip="A folder under models/bonsai holding config.json + diffusion_pytorch_model.safetensors.",
+                    tooltip=f"A folder under models/bonsai holding a FLUX.2 {VAE_CONFIG_NAME} + {VAE_WEIGHTS_NAME}. Empty? {folders.models_hint()}.",
                 )
             ],
             outputs=[io.Vae.Output()],
@@ -178,21 +168,24 @@ class BonsaiVAELoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vae_folder: str) -> bool | str:
-        # Header checks at queue time give the precise message (this replaces the "not in list" check).
-        problem = name_problem(vae_folder, "VAE folder", "models/bonsai")
-        if problem is not None:
-            return problem
+        # Header checks at queue time give one precise line (this replaces the "not in list" check).
         try:
             folder = resolve_vae_folder(vae_folder)
-            read_vae_config(folder)
-            check_vae_weights(folder / VAE_WEIGHTS_NAME)
-        except (BonsaiFormatError, FileNotFoundError, OSError) as e:
+        except (ValueError, FileNotFoundError) as e:
             return str(e)
-        return True
+        problem = folders.check("vae-header", folder, _vae_problem)
+        return True if problem is None else problem
 
     @classmethod
     def execute(cls, vae_folder: str) -> io.NodeOutput:
+        # Resolved (and guarded) again here: a name arriving through a link never reached validate_inputs.
         return io.NodeOutput(load_flux2_vae(resolve_vae_folder(vae_folder)))
+
+
+def _vae_problem(folder: Path) -> str | None:
+    read_vae_config(folder)
+    check_vae_weights(folder / VAE_WEIGHTS_NAME)
+    return None
 
 
 NODES: list[type[io.ComfyNode]] = [BonsaiVAELoader]

@@ -107,7 +107,7 @@ def _truncate_copy(src, dst):
         ("random_safetensors", "not a canonical Bonsai file"),
         ("truncated_canonical", "truncated"),
         ("not_safetensors", "safetensors"),
-        ("missing", "file not found"),
+        ("missing", "not found"),
     ],
 )
 def test_bad_file_is_a_readable_validation_error(comfyui, kind, expect):
@@ -221,5 +221,5 @@ def test_names_outside_the_models_folders_are_refused(comfyui, loader_mod, tmp_p
         assert not result.valid, name
         errors = json.dumps(result.node_errors)
         assert "absolute paths and '..' are refused" in errors and "BonsaiModelLoader" in errors, (name, errors)
-        with pytest.raises(comfyui.pack("bonsai_core.errors").BonsaiFormatError, match="refused"):
+        with pytest.raises(ValueError, match="refused"):  # a plain exception: ComfyUI shows its type name as is
             loader_mod.resolve_model(name)

@@ -172,8 +172,10 @@ def test_vae_loader_errors_name_file_and_tensor(vae_mod: Any, vae_dir: Path, tmp
         vae_mod.load_flux2_vae(d)
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no FLUX.2 VAE folder"):
+    with pytest.raises(ValueError, match="absolute paths and '..' are refused"):
         vae_mod.resolve_vae_folder(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="VAE folder 'no-such-release/vae' not found.*Bonsai Download Model"):
+        vae_mod.resolve_vae_folder("no-such-release/vae")
 
 
 # ---------------------------------------------------------------------------
