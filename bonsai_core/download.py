@@ -1,102 +1,63 @@
-"""``python -m bonsai_core download``: fetch a released Bonsai Image 4B repo into ComfyUI's models folders.
+"""Fetch a released Bonsai Image 4B repo into ComfyUI's ``models/bonsai/<repo-name>/`` and verify it.
 
-Repos are ``prism-ml/bonsai-image-{binary,ternary}-4B-{unpacked,gemlite-Nbit,mlx-Nbit}`` (binary =
-1 bit, ternary = 2 bit). A snapshot lands in ``<models-dir>/bonsai/<repo-name>/`` with its folder
-structure, only the files the chosen backend needs. Transfers are huggingface_hub's
-(``hf_hub_download`` into a local dir, one file at a time at one pinned commit): files already
-complete are skipped, and a dropped connection is resumed with an HTTP range request. Every file
-is then checked against the Hub's metadata: its size, and the LFS sha256 (large files) or the git
-blob id (small files). Nothing is ever pip-installed.
+Only the files the chosen release needs are fetched (:mod:`.hub_names`), and every name the Hub
+lists is checked by the pack before anything is written. Transfers are huggingface_hub's
+(``hf_hub_download`` into a local folder, one file at a time, at one pinned commit): complete files
+are skipped and a dropped connection resumes with an HTTP range request. Each file is then checked
+against the Hub's metadata (size, and the LFS sha256 or the git blob id). Failures become one
+:class:`DownloadError` with the manual install steps (:mod:`.download_errors`). Nothing is ever
+pip-installed. The command line is in :mod:`.cli_download`.
 """
 
 from __future__ import annotations
 
-import argparse
-import fnmatch
 import hashlib
 import json
 import logging
 import os
-import platform
-import sys
+import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .download_errors import CORRUPT, UNSAFE_NAME, DownloadError, describe, not_enough_space
+from .hub_names import (
+    AUTO_RELEASE,
+    COMPONENTS,
+    MANIFEST,
+    OWNER,
+    RELEASES,
+    VARIANT_BITS,
+    UnsafeRemoteName,
+    check_remote_name,
+    needed_description,
+    repo_name,
+    resolve_release,
+    select_files,
+)
+from .models_dir import resolve_models_location
+
 log = logging.getLogger(__name__)
 
-OWNER = "prism-ml"
-VARIANT_BITS = {"binary": 1, "ternary": 2}
-BACKENDS = ("gemlite", "mlx", "unpacked")
-COMPONENTS = ("transformer", "text_encoder", "vae")
-MANIFEST = ".bonsai-download.json"  # verified files of a snapshot: skip re-hashing on the next run
-
-# What each backend's pipeline reads, by component (fnmatch: "*" also matches "/").
-_PATTERNS: dict[str, dict[str, list[str]]] = {
-    "gemlite": {"transformer": ["transformer-gemlite-*/*"], "text_encoder": ["text_encoder-hqq-4bit/*"]},
-    "mlx": {"transformer": ["transformer-packed-mflux/*"], "text_encoder": ["text_encoder-mlx-4bit/*", "tokenizer/*"]},
-    "unpacked": {"transformer": ["transformer/*"], "text_encoder": ["text_encoder/*", "tokenizer/*"]},
-}
-_COMMON = ["*.json", "README.md", "scheduler/*"]  # top-level manifests/configs (nested *.json of skipped components are dropped below)
-_VAE = ["vae/*"]
+DEFAULT_TIMEOUT_S = 30.0  # no answer for this long = a stalled Hub (huggingface_hub's body reads use HF_HUB_DOWNLOAD_TIMEOUT)
+SPACE_MARGIN = 64 << 20  # keep this much free beyond the files themselves (metadata, the manifest, the file system)
 ProgressFn = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
-
-class DownloadError(RuntimeError):
-    """A download that cannot complete; the message says what to do."""
-
-
-def repo_name(variant: str, backend: str) -> str:
-    if variant not in VARIANT_BITS:
-        raise ValueError(f"variant must be one of {sorted(VARIANT_BITS)}, got {variant!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    suffix = "unpacked" if backend == "unpacked" else f"{backend}-{VARIANT_BITS[variant]}bit"
-    return f"bonsai-image-{variant}-4B-{suffix}"
-
-
-def auto_backend() -> str:
-    """gemlite on CUDA, mlx on Apple silicon, unpacked (bf16, the torch fallback's source) otherwise."""
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        return "mlx"
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.version.cuda is not None:
-            return "gemlite"
-    except ImportError:
-        pass
-    return "unpacked"
-
-
-def allow_patterns(backend: str, components: tuple[str, ...] = COMPONENTS) -> list[str]:
-    pats = list(_COMMON)
-    for comp in components:
-        pats += _VAE if comp == "vae" else _PATTERNS[backend][comp]
-    return pats
-
-
-def select_files(names: list[str], backend: str, components: tuple[str, ...] = COMPONENTS) -> list[str]:
-    """Repo files the backend needs: matching its component patterns; ``assets/`` and the other
-    backends' / skipped components' folders never."""
-    wanted = allow_patterns(backend, components)
-    component_dirs = {p.split("/", 1)[0] for comps in _PATTERNS.values() for pats in comps.values() for p in pats if "/" in p} | {"vae"}
-    chosen_dirs = {p.split("/", 1)[0] for p in wanted if "/" in p}
-    out = []
-    for n in names:
-        top = n.split("/", 1)[0] if "/" in n else None
-        if top == "assets":
-            continue
-        if (
-            top is not None
-            and any(fnmatch.fnmatch(top, d) for d in component_dirs)
-            and not any(fnmatch.fnmatch(top, d) for d in chosen_dirs)
-        ):
-            continue
-        if any(fnmatch.fnmatch(n, p) for p in wanted):
-            out.append(n)
-    return sorted(out)
+__all__ = [
+    "AUTO_RELEASE",
+    "COMPONENTS",
+    "OWNER",
+    "RELEASES",
+    "VARIANT_BITS",
+    "DownloadError",
+    "DownloadResult",
+    "canonical_name",
+    "download",
+    "repo_name",
+    "select_files",
+]
 
 
 @dataclass
@@ -118,39 +79,21 @@ class DownloadResult:
     canonical: Path | None = None
 
 
-def _offline_message(repo_id: str, target: Path, need: list[str], error: BaseException, endpoint: str) -> str:
-    need_text = ", ".join(need)
-    return (
-        f"Cannot reach the Hugging Face Hub at {endpoint} ({type(error).__name__}: {error}). "
-        f"To install by hand, download https://huggingface.co/{repo_id} (keeping its folder structure) into {target}{os.sep} "
-        f"- needed: {need_text}. Then load it with the Bonsai loader nodes; no network is needed after that."
-    )
-
-
-def _is_network_error(e: BaseException) -> bool:
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    if isinstance(e, OfflineModeIsEnabled | ConnectionError | TimeoutError):
-        return True
-    # huggingface_hub's HTTP client (httpx or its fork) raises its own connect/timeout types
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ProxyError"})
-
-
 def remote_files(
-    repo_id: str, *, revision: str | None, endpoint: str | None, token: str | bool | None
+    repo_id: str, *, revision: str | None, endpoint: str | None, token: str | bool | None, timeout: float
 ) -> tuple[str, dict[str, RemoteFile]]:
     """(commit, files) from the Hub's repo info with file metadata (sizes, LFS sha256, blob ids)."""
     from huggingface_hub import HfApi
 
-    info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
+    info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout)
     files = {}
     for s in info.siblings or []:
+        name = check_remote_name(s.rfilename, repo_id)
         lfs = s.lfs
         size = lfs.size if lfs is not None else s.size
-        if size is None:
-            raise DownloadError(f"{repo_id}: the Hub gave no size for {s.rfilename}; cannot verify it")
-        files[s.rfilename] = RemoteFile(s.rfilename, int(size), lfs.sha256 if lfs is not None else None, s.blob_id)
+        if not isinstance(size, int) or size < 0:
+            raise DownloadError(f"{repo_id}: the Hub gave no valid size for {name}; cannot verify it", CORRUPT)
+        files[name] = RemoteFile(name, size, lfs.sha256 if lfs is not None else None, s.blob_id)
     if not info.sha:
         raise DownloadError(f"{repo_id}: the Hub gave no commit for revision {revision or 'main'}")
     return info.sha, files
@@ -170,22 +113,49 @@ def file_digest(path: Path, kind: str) -> str:
 def verify_file(path: Path, remote: RemoteFile) -> None:
     """Raise :class:`DownloadError` naming the file unless size and hash match the Hub's metadata."""
     if not path.is_file():
-        raise DownloadError(f"{path}: missing after download")
+        raise DownloadError(f"{path}: missing after download", CORRUPT)
     size = path.stat().st_size
     if size != remote.size:
-        raise DownloadError(f"{path}: size {size} B, the Hub says {remote.size} B (incomplete or corrupt download; run the download again)")
+        raise DownloadError(
+            f"{path}: size {size} B, the Hub says {remote.size} B (incomplete or corrupt download; run the download again)", CORRUPT
+        )
     if remote.sha256:
-        got = file_digest(path, "sha256")
-        if got != remote.sha256:
-            raise DownloadError(
-                f"{path}: sha256 {got} does not match the Hub's LFS sha256 {remote.sha256} (corrupt download; it was removed, run the download again)"
-            )
+        kind, want, label = "sha256", remote.sha256, "LFS sha256"
     elif remote.blob_id:
-        got = file_digest(path, "git")
-        if got != remote.blob_id:
+        kind, want, label = "git", remote.blob_id, "git blob id"
+    else:
+        return
+    got = file_digest(path, kind)
+    if got != want:
+        shown = "sha256" if kind == "sha256" else "git blob id"
+        raise DownloadError(
+            f"{path}: {shown} {got} does not match the Hub's {label} {want} (corrupt download; it was removed, run the download again)",
+            CORRUPT,
+        )
+
+
+def local_path(target: Path, rel: str) -> Path:
+    """``target/rel`` after checking that the name is safe and that no folder on the way is a link
+    or a non-folder: what the downloader writes or removes stays inside ``target``."""
+    check_remote_name(rel, str(target))
+    cur = target
+    for part in rel.split("/")[:-1]:
+        cur = cur / part
+        try:
+            mode = os.lstat(cur).st_mode
+        except FileNotFoundError:
+            break  # created by the download, below a checked folder
+        if not stat.S_ISDIR(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
             raise DownloadError(
-                f"{path}: git blob id {got} does not match the Hub's {remote.blob_id} (corrupt download; it was removed, run the download again)"
+                f"{cur}: {kind} inside the snapshot folder; remove it (the downloader writes only inside {target})", UNSAFE_NAME
             )
+    out = target / rel
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise DownloadError(
+            f"{out}: exists and is not a regular file; remove it (the downloader writes only regular files inside {target})", UNSAFE_NAME
+        )
+    return out
 
 
 def _read_manifest(target: Path) -> dict[str, Any]:
@@ -216,10 +186,22 @@ def _progress_bar_class(on_bytes: Callable[[int], None]) -> type:
     return _Reporting
 
 
+def _check_space(repo_id: str, target: Path, need: int, needed: str) -> None:
+    if need <= 0:
+        return
+    free = shutil.disk_usage(target).free
+    if free < need + SPACE_MARGIN:
+        raise not_enough_space(repo_id, target, need + SPACE_MARGIN, free, needed)
+
+
+def canonical_name(variant: str) -> str:
+    return f"bonsai-image-{variant}-4B.safetensors"
+
+
 def download(
     variant: str,
-    backend: str = "auto",
-    models_dir: str | os.PathLike[str] = ".",
+    release: str = "auto",
+    models_dir: str | os.PathLike[str] | None = None,
     *,
     components: tuple[str, ...] = COMPONENTS,
     revision: str | None = None,
@@ -228,53 +210,69 @@ def download(
     endpoint: str | None = None,
     token: str | bool | None = None,
     bonsai_dir: str | os.PathLike[str] | None = None,
-    diffusion_models_dir: str | os.PathLike[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> DownloadResult:
-    """Download (or complete) one released repo into ``<models_dir>/bonsai/<repo-name>/`` and verify it.
+    """Download (or complete) one released repo into ``<bonsai folder>/<repo-name>/`` and verify it.
 
-    ``bonsai_dir``/``diffusion_models_dir`` override ``<models_dir>/bonsai`` and
-    ``<models_dir>/diffusion_models`` (ComfyUI passes its registered folders). ``endpoint`` defaults
-    to ``$HF_ENDPOINT`` read now (a long-running ComfyUI may set it after importing huggingface_hub).
+    The bonsai folder is ``bonsai_dir`` when given (the Download node passes ComfyUI's registered
+    folder), else the one :func:`.models_dir.resolve_models_location` picks for ``models_dir``.
+    ``to_canonical`` also writes the transformer as ``<bonsai folder>/bonsai-image-<variant>-4B.safetensors``
+    (outside ``diffusion_models``, where the stock loader would list a file it cannot load).
+    ``endpoint`` defaults to ``$HF_ENDPOINT`` read now (a long-running ComfyUI may set it late).
     """
     from huggingface_hub import constants, hf_hub_download
 
-    backend = auto_backend() if backend == "auto" else backend
-    name = repo_name(variant, backend)
+    release = resolve_release(release)
+    name = repo_name(variant, release)
     repo_id = f"{OWNER}/{name}"
-    models = Path(models_dir).expanduser().resolve()
-    target = (Path(bonsai_dir).expanduser().resolve() if bonsai_dir else models / "bonsai") / name
+    if bonsai_dir is not None:
+        root = Path(os.path.abspath(os.path.expanduser(os.fspath(bonsai_dir))))
+    else:
+        root = resolve_models_location(models_dir).bonsai_dir
+    target = root / name
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     endpoint_url = endpoint or constants.ENDPOINT
+    needed = needed_description(release, components, variant)
+
+    def failure(e: BaseException, what: str) -> DownloadError:
+        return describe(e, repo_id=repo_id, target=target, endpoint=endpoint_url, needed=needed, timeout=timeout, what=what)
+
     try:
-        commit, remote = remote_files(repo_id, revision=revision, endpoint=endpoint, token=token)
+        commit, remote = remote_files(repo_id, revision=revision, endpoint=endpoint, token=token, timeout=timeout)
+        files = select_files(list(remote), release, components, repo_id=repo_id)
+    except UnsafeRemoteName as e:
+        raise DownloadError(str(e), UNSAFE_NAME) from e
     except DownloadError:
         raise
     except Exception as e:
-        if _is_network_error(e):
-            raise DownloadError(_offline_message(repo_id, target, allow_patterns(backend, components), e, endpoint_url)) from e
-        raise DownloadError(f"{repo_id}: cannot list the repository: {type(e).__name__}: {e}") from e
-    files = select_files(list(remote), backend, components)
+        raise failure(e, "listing the repository") from e
     if not files:
-        raise DownloadError(
-            f"{repo_id}@{commit[:12]} has none of the files the {backend} backend needs ({', '.join(allow_patterns(backend, components))})"
-        )
+        raise DownloadError(f"{repo_id}@{commit[:12]} has none of the files the {release} release needs ({needed})")
     total = sum(remote[f].size for f in files)
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise failure(e, f"creating {target}") from e
     manifest = _read_manifest(target)
     verified: dict[str, Any] = manifest.get("verified", {}) if manifest.get("commit") == commit else {}
+    locals_ = {rel: local_path(target, rel) for rel in files}  # every path checked before the first byte is written
+
+    def is_verified(rel: str) -> bool:
+        p = locals_[rel]
+        return p.is_file() and verified.get(rel) == [remote[rel].size, p.stat().st_mtime_ns]
+
+    _check_space(repo_id, target, sum(remote[f].size for f in files if not is_verified(f)), needed)
     result = DownloadResult(repo_id, commit, target, files, total)
     done = 0
     report = progress or (lambda d, t, f: None)
     log.info("%s@%s: %d files, %.2f GB -> %s", repo_id, commit[:12], len(files), total / 1e9, target)
     for rel in files:
-        rf, local = remote[rel], target / rel
-        stamp = [rf.size, local.stat().st_mtime_ns] if local.is_file() else None
-        if stamp is not None and verified.get(rel) == stamp:
+        rf, local = remote[rel], locals_[rel]
+        if is_verified(rel):
             done += rf.size
             report(done, total, rel)
             continue
         start = done
-
         from_callback: list[BaseException] = []
         fetched = [0]
 
@@ -299,14 +297,13 @@ def download(
                     endpoint=endpoint,
                     token=token,
                     force_download=attempt > 0,
+                    etag_timeout=timeout,
                     tqdm_class=_progress_bar_class(on_bytes),
                 )
             except Exception as e:
                 if from_callback and e is from_callback[-1]:
                     raise
-                if _is_network_error(e):
-                    raise DownloadError(_offline_message(repo_id, target, files, e, endpoint_url)) from e
-                raise DownloadError(f"{repo_id}: downloading {rel} failed: {type(e).__name__}: {e}") from e
+                raise failure(e, f"downloading {rel}") from e
             try:
                 verify_file(local, rf)
                 break
@@ -323,10 +320,12 @@ def download(
         verified[rel] = [rf.size, local.stat().st_mtime_ns]
         if fetched[0]:
             result.downloaded.append(rel)
-        _write_manifest(target, {"repo_id": repo_id, "commit": commit, "verified": verified})
+        try:
+            _write_manifest(target, {"repo_id": repo_id, "commit": commit, "verified": verified})
+        except OSError as e:
+            raise failure(e, "writing the download record") from e
     if to_canonical:
-        out_dir = Path(diffusion_models_dir).expanduser().resolve() if diffusion_models_dir else models / "diffusion_models"
-        result.canonical = convert_to_canonical(target, out_dir / canonical_name(variant), variant)
+        result.canonical = convert_to_canonical(target, root / canonical_name(variant), variant)
     return result
 
 
@@ -336,10 +335,6 @@ def _forget_local_metadata(target: Path, rel: str) -> None:
     meta.unlink(missing_ok=True)
 
 
-def canonical_name(variant: str) -> str:
-    return f"bonsai-image-{variant}-4B.safetensors"
-
-
 def convert_to_canonical(snapshot: Path, out: Path, variant: str) -> Path:
     """The snapshot's transformer as the canonical single file ``out`` (lossless, atomic)."""
     from .convert import convert
@@ -347,70 +342,8 @@ def convert_to_canonical(snapshot: Path, out: Path, variant: str) -> Path:
     return Path(convert(snapshot, out, "canonical", variant))
 
 
-# ----------------------------------------------------------------------------- CLI
+def register(sub: Any) -> None:
+    """The ``download`` command (kept here so ``python -m bonsai_core download`` finds it)."""
+    from .cli_download import register as _register
 
-
-def _cli_progress() -> ProgressFn:
-    state = {"pct": -1}
-
-    def report(done: int, total: int, name: str) -> None:
-        pct = int(100 * done / total) if total else 100
-        if pct != state["pct"]:
-            state["pct"] = pct
-            sys.stderr.write(f"\r{pct:3d}%  {done / 1e9:7.3f} / {total / 1e9:.3f} GB  {name[-60:]:<60}")
-            sys.stderr.flush()
-
-    return report
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
-    bad = [c for c in components if c not in COMPONENTS]
-    if bad:
-        sys.stderr.write(f"unknown component(s) {bad}; choose from {','.join(COMPONENTS)}\n")
-        return 2
-    try:
-        res = download(
-            args.variant,
-            args.backend,
-            args.models_dir,
-            components=components,
-            revision=args.revision,
-            to_canonical=args.to_canonical,
-            progress=None if args.quiet else _cli_progress(),
-        )
-    except DownloadError as e:
-        sys.stderr.write(f"\nerror: {e}\n")
-        return 3
-    if not args.quiet:
-        sys.stderr.write("\n")
-    print(
-        f"{res.repo_id}@{res.commit[:12]}: {len(res.files)} files verified ({res.total_bytes / 1e9:.3f} GB, {len(res.downloaded)} downloaded now) in {res.local_dir}"
-    )
-    if res.canonical is not None:
-        print(f"canonical transformer: {res.canonical}")
-    return 0
-
-
-def default_models_dir() -> str:
-    """``$COMFYUI_PATH/models`` or ``~/comfy/ComfyUI/models`` when present, else ``./models``."""
-    for cand in (os.environ.get("COMFYUI_PATH"), "~/comfy/ComfyUI"):
-        if cand and (Path(cand).expanduser() / "models").is_dir():
-            return str(Path(cand).expanduser() / "models")
-    return "models"
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download a released Bonsai Image 4B repo into ComfyUI's models folders (verified)")
-    p.add_argument("variant", choices=sorted(VARIANT_BITS), help="binary (1-bit) or ternary (2-bit)")
-    p.add_argument(
-        "--backend", choices=("auto", *BACKENDS), default="auto", help="auto: gemlite on CUDA, mlx on Apple silicon, unpacked otherwise"
-    )
-    p.add_argument("--models-dir", default=default_models_dir(), help="ComfyUI's models folder (files go to <models-dir>/bonsai/<repo>/)")
-    p.add_argument("--components", default=",".join(COMPONENTS), help="comma list of transformer,text_encoder,vae")
-    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
-    p.add_argument(
-        "--to-canonical", action="store_true", help="also write <models-dir>/diffusion_models/bonsai-image-<variant>-4B.safetensors"
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=cmd_download)
+    _register(sub)

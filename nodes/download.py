@@ -1,9 +1,14 @@
-"""Download a released Bonsai Image 4B repo from inside ComfyUI (``bonsai_core.download``).
+"""Bonsai Download Model: fetch a released Bonsai Image 4B repo from inside ComfyUI (``bonsai_core.download``).
 
-Files go to ``models/bonsai/<repo-name>/`` (and, optionally, the canonical transformer to
-``models/diffusion_models/``), verified against the Hub's sizes and hashes. ComfyUI's progress bar
-shows the bytes; "Cancel" stops the transfer (completed files are kept, the next run continues).
-Offline, the node fails with one message saying where to put the files by hand.
+Files go to the first registered ``bonsai`` folder (``models/bonsai/<repo-name>/``, or the
+``bonsai:`` folder of ``extra_model_paths.yaml``), verified against the Hub's sizes and hashes;
+the folder is chosen by the same function as the command line's. ComfyUI's progress bar shows the
+bytes; "Cancel" stops the transfer (completed files are kept, the next run continues).
+
+Failures (offline, not found, disk full, a stalled Hub) end the node with one message that says
+what to fetch from where into which folder. ComfyUI shows an exception's type as
+``module.QualName``; a custom node's module name is its folder path with dots mangled, so the
+node raises :class:`BonsaiDownloadError`, whose module is set to a short readable name.
 """
 
 from __future__ import annotations
@@ -15,23 +20,38 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..bonsai_core.download import BACKENDS, COMPONENTS, VARIANT_BITS, DownloadError, download
+from ..bonsai_core.download import DownloadError, download
+from ..bonsai_core.download_errors import manual_steps
+from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.hub_names import AUTO_RELEASE, COMPONENTS, OWNER, RELEASES, VARIANT_BITS, needed_description, repo_name, resolve_release
+from ..bonsai_core.models_dir import BONSAI_FOLDER, ModelsLocation, resolve_models_location
 
 log = logging.getLogger(__name__)
 
 _UNIT = 1 << 10  # progress in KiB: fine-grained for small files, ints the UI handles for 3 GB
+CATEGORY = "Bonsai Image"
 
 
-def _bonsai_dir() -> str:
-    """``models/bonsai`` registered as a model folder (idempotent); the first of its roots."""
-    folder_paths.add_model_folder_path("bonsai", os.path.join(folder_paths.models_dir, "bonsai"))
-    return folder_paths.get_folder_paths("bonsai")[0]
+class BonsaiDownloadError(Exception):
+    """A download that could not complete; the message holds the manual steps."""
 
 
-def _diffusion_models_dir() -> str:
-    """The first registered ``diffusion_models`` folder actually named so (stock lists ``unet/`` first)."""
-    paths = folder_paths.get_folder_paths("diffusion_models")
-    return next((p for p in paths if os.path.basename(os.path.normpath(p)) == "diffusion_models"), paths[0])
+# Shown by ComfyUI as "bonsai_image.BonsaiDownloadError" instead of "<path_x_to>.nodes.download.BonsaiDownloadError".
+BonsaiDownloadError.__module__ = "bonsai_image"
+
+
+def models_location() -> ModelsLocation:
+    """Where the node writes: ComfyUI's own ``bonsai`` folders (``models/bonsai`` registered idempotently)."""
+    folder_paths.add_model_folder_path(BONSAI_FOLDER, os.path.join(folder_paths.models_dir, BONSAI_FOLDER))
+    return resolve_models_location(registered=folder_paths.get_folder_paths(BONSAI_FOLDER), comfy_models_dir=folder_paths.models_dir)
+
+
+def _components(text_encoder: bool, vae: bool) -> tuple[str, ...]:
+    return tuple(c for c, on in zip(COMPONENTS, (True, text_encoder, vae)) if on)
+
+
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
 
 
 class BonsaiDownloadModel(io.ComfyNode):
@@ -39,24 +59,30 @@ class BonsaiDownloadModel(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="BonsaiDownloadModel",
-            display_name="Download Bonsai Image 4B",
-            category="loaders/bonsai",
+            display_name="Bonsai Download Model",
+            category=CATEGORY,
+            search_aliases=["download bonsai", "hugging face", "bonsai image 4b"],
             description=(
-                "Downloads prism-ml/bonsai-image-<variant>-4B-<backend> from Hugging Face into models/bonsai/ and verifies every file. "
+                "Downloads prism-ml/bonsai-image-<variant>-4B-<release> from Hugging Face into models/bonsai/ and verifies every file. "
                 "Refresh the browser (R) afterwards so the loaders list it."
             ),
             inputs=[
                 io.Combo.Input("variant", options=sorted(VARIANT_BITS), default="ternary", tooltip="ternary = 2-bit, binary = 1-bit"),
                 io.Combo.Input(
-                    "backend",
-                    options=["auto", *BACKENDS],
+                    "release",
+                    options=["auto", *RELEASES],
                     default="auto",
-                    tooltip="auto: gemlite on CUDA, mlx on Apple silicon, unpacked otherwise",
+                    tooltip=(
+                        f"auto = {AUTO_RELEASE}: the folders every shipped workflow loads, on CUDA, CPU and Apple alike. "
+                        "mlx: Apple's packed format; unpacked: bf16 weights (7.75 GB transformer)"
+                    ),
                 ),
                 io.Boolean.Input("text_encoder", default=True, tooltip="also download the 4-bit text encoder"),
                 io.Boolean.Input("vae", default=True, tooltip="also download the VAE"),
                 io.Boolean.Input(
-                    "to_canonical", default=False, tooltip="also write models/diffusion_models/bonsai-image-<variant>-4B.safetensors"
+                    "to_canonical",
+                    default=False,
+                    tooltip="also write models/bonsai/bonsai-image-<variant>-4B.safetensors (one file, listed by Bonsai Load Model)",
                 ),
             ],
             outputs=[io.String.Output(display_name="snapshot_dir")],
@@ -64,8 +90,25 @@ class BonsaiDownloadModel(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, variant: str, backend: str, text_encoder: bool, vae: bool, to_canonical: bool) -> io.NodeOutput:
-        components = tuple(c for c, on in zip(COMPONENTS, (True, text_encoder, vae)) if on)
+    def validate_inputs(cls, variant: str, release: str, **_: object) -> bool | str:
+        # Cheap checks only: validation runs while the prompt is queued, so no network here.
+        if variant not in VARIANT_BITS:
+            return f"variant must be one of {', '.join(sorted(VARIANT_BITS))}, got {variant!r}"
+        if release != "auto" and release not in RELEASES:
+            return f"release must be one of auto, {', '.join(RELEASES)}, got {release!r}"
+        name = repo_name(variant, resolve_release(release))
+        target = models_location().bonsai_dir / name
+        if _offline_mode():
+            return f"HF_HUB_OFFLINE is set, so nothing can be downloaded. {manual_steps(f'{OWNER}/{name}', target, needed_description(resolve_release(release), COMPONENTS, variant))}"
+        existing = next((p for p in (target, *target.parents) if p.exists()), None)
+        if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            return f"{existing}: not a writable folder, so the download cannot be saved under {target}"
+        return True
+
+    @classmethod
+    def execute(cls, variant: str, release: str, text_encoder: bool, vae: bool, to_canonical: bool) -> io.NodeOutput:
+        components = _components(text_encoder, vae)
+        where = models_location()
         bar: comfy.utils.ProgressBar | None = None
 
         def progress(done: int, total: int, name: str) -> None:
@@ -75,21 +118,22 @@ class BonsaiDownloadModel(io.ComfyNode):
             # update_absolute also checks for ComfyUI's interrupt, which aborts the transfer
             bar.update_absolute(done // _UNIT, max(1, total // _UNIT))
 
+        chosen = resolve_release(release)
+        log.info("Bonsai download: %s/%s -> %s", OWNER, repo_name(variant, chosen), where.describe())
         try:
             result = download(
-                variant,
-                backend,
-                folder_paths.models_dir,
-                components=components,
-                to_canonical=to_canonical,
-                progress=progress,
-                bonsai_dir=_bonsai_dir(),
-                diffusion_models_dir=_diffusion_models_dir(),
+                variant, chosen, components=components, to_canonical=to_canonical, progress=progress, bonsai_dir=where.bonsai_dir
             )
         except DownloadError as e:
-            raise RuntimeError(str(e)) from e
+            log.error("Bonsai download failed (%s): %s", e.kind, e)
+            # "from None": the cause is already in the message, and ComfyUI's report shows only this exception
+            raise BonsaiDownloadError(str(e)) from None
+        except BonsaiFormatError as e:  # the --to-canonical conversion refused the downloaded transformer
+            raise BonsaiDownloadError(str(e)) from None
         log.info("Bonsai download complete: %s (%d files, %.2f GB)", result.local_dir, len(result.files), result.total_bytes / 1e9)
         return io.NodeOutput(str(result.local_dir))
 
+
+__all__ = ["BonsaiDownloadError", "BonsaiDownloadModel", "models_location"]
 
 NODES = [BonsaiDownloadModel]

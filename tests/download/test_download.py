@@ -16,6 +16,7 @@ import pytest
 from hub_server import FakeRepo, HubServer
 
 from bonsai_core import download as dl
+from bonsai_core.hub_names import resolve_release
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERNARY_GEMLITE = "prism-ml/bonsai-image-ternary-4B-gemlite-2bit"
@@ -57,11 +58,12 @@ def _get(server: HubServer) -> list[tuple[str, str | None]]:
     return [(p.split("/resolve/", 1)[1].split("/", 1)[1], r) for m, p, r in server.requests if m == "GET" and "/resolve/" in p]
 
 
-def test_repo_names_patterns_and_auto_backend() -> None:
+def test_repo_names_patterns_and_auto_release() -> None:
     assert dl.repo_name("binary", "gemlite") == "bonsai-image-binary-4B-gemlite-1bit"
     assert dl.repo_name("ternary", "mlx") == "bonsai-image-ternary-4B-mlx-2bit"
     assert dl.repo_name("ternary", "unpacked") == "bonsai-image-ternary-4B-unpacked"
-    assert dl.auto_backend() in dl.BACKENDS
+    # auto = the gemlite release on every device: the shipped workflows load those folders
+    assert resolve_release("auto") == "gemlite"
     mlx_tree = ["README.md", "model_index.json", "manifest.json", "assets/a.png", "scheduler/scheduler_config.json", "tokenizer/vocab.json"]
     mlx_tree += ["text_encoder-mlx-4bit/config.json", "text_encoder-mlx-4bit/model.safetensors", "transformer-packed-mflux/config.json"]
     mlx_tree += [
@@ -227,7 +229,9 @@ def test_to_canonical_writes_the_diffusion_model(tmp_path: Path) -> None:
         )
     finally:
         server.stop()
-    assert res.canonical == tmp_path / "models" / "diffusion_models" / "bonsai-image-ternary-4B.safetensors"
+    # beside the snapshots in models/bonsai/, where the stock Load Diffusion Model does not list it
+    assert res.canonical == tmp_path / "models" / "bonsai" / "bonsai-image-ternary-4B.safetensors"
+    assert not (tmp_path / "models" / "diffusion_models").exists()
     from bonsai_core.canonical import is_canonical, load_canonical
 
     assert is_canonical(res.canonical)
