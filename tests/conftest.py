@@ -8,6 +8,7 @@ records whether they ran, against which ComfyUI, and their outcomes.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pytest
@@ -16,8 +17,12 @@ from harness.fixtures import comfy_models, comfyui, module_models, shared_models
 from harness.locate import find_comfyui
 from harness.status import ComfyStatus
 
-# Before pytest imports the repository root's __init__.py (the pack's entry point, which needs comfy_api).
-import_comfy_early()
+# pytest may import the repository root's __init__.py (the pack's entry point, which imports comfy_api when it
+# can) before any fixture runs. Where ComfyUI is importable already (on PYTHONPATH), its arguments must be
+# parsed (--cpu) before that; otherwise nothing of ComfyUI is imported until a test asks for the comfyui
+# fixture, so runs of bonsai_core or kernel tests alone do not pay for booting ComfyUI.
+if importlib.util.find_spec("comfy_api") is not None:
+    import_comfy_early()
 
 _status = ComfyStatus(find_comfyui())
 

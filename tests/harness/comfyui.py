@@ -149,7 +149,7 @@ class ComfyUISession:
         Made by the pack's own fixture generator and ``bonsai_core.convert`` (deterministic per seed)."""
         key = (variant, seed)
         if key not in self._tiny:
-            fixtures = self.pack("bonsai_core.fixtures")
+            fixtures = self.pack("bonsai_tools.synth")
             convert = self.pack("bonsai_core.convert")
             d = self.models_dir / "diffusion_models"
             canonical = f"tiny-{variant}-s{seed}.safetensors"

@@ -51,8 +51,7 @@ def model_names(api: dict[str, Any]) -> dict[str, set[str]]:
 
 def install_fixtures(models_dir: Path, input_dir: Path, comfy_root: Path) -> None:
     """Write tiny fixtures under every model name the shipped workflows use, and the edit input images."""
-    from bonsai_core.fixtures import make_fixture
-    from bonsai_core.snapshot_fixture import SNAPSHOT_LAYOUTS, make_snapshot_fixture, snapshot_repo_name
+    from bonsai_tools.synth import SNAPSHOT_LAYOUTS, make_fixture, make_snapshot_fixture, snapshot_repo_name
 
     wanted: dict[str, set[str]] = {}
     for p in api_workflows():
@@ -78,7 +77,7 @@ def install_fixtures(models_dir: Path, input_dir: Path, comfy_root: Path) -> Non
             make_fixture(m.group(1), "tiny", "canonical", 2, models_dir / "diffusion_models" / name)
     for i, name in enumerate(sorted(wanted.get("lora_name", set()))):  # LoRA workflows: tiny synthetic LoRAs
         if not (models_dir / "loras" / name).is_file():
-            from bonsai_core.lora_fixture import make_lora_fixture
+            from bonsai_tools.synth import make_lora_fixture
 
             make_lora_fixture(models_dir / "loras" / name, "tiny", rank=4, seed=i)
     input_dir.mkdir(parents=True, exist_ok=True)
