@@ -1,6 +1,6 @@
 """The shipped LoRA workflow, run through ComfyUI's executor on tiny fixtures.
 
-Beyond "it runs" (tests/comfy/test_workflows.py): the LoRAs change the result, changing a strength
+Beyond "it runs" (tests/workflows/test_workflows.py): the LoRAs change the result, changing a strength
 re-runs only the LoRA node (the Bonsai loader's MODEL comes from ComfyUI's cache: no reload), and
 after the LoRA nodes are removed the cached model gives exactly what a freshly loaded one gives
 (no branch left behind).
@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from bonsai_core.lora_fixture import make_lora_fixture
-from bonsai_core.snapshot_fixture import make_snapshot_fixture
+from bonsai_tools.synth import make_lora_fixture, make_snapshot_fixture
 
 pytestmark = pytest.mark.comfyui
 
