@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .download_errors import CORRUPT, UNSAFE_NAME, DownloadError, describe, not_enough_space
+from .download_errors import CORRUPT, DROPPED, UNSAFE_NAME, DownloadError, classify, describe, not_enough_space
 from .hub_names import (
     AUTO_RELEASE,
     COMPONENTS,
@@ -32,6 +32,7 @@ from .hub_names import (
     VARIANT_BITS,
     UnsafeRemoteName,
     check_remote_name,
+    is_plain_name,
     needed_description,
     repo_name,
     resolve_release,
@@ -42,6 +43,7 @@ from .models_dir import resolve_models_location
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0  # no answer for this long = a stalled Hub (huggingface_hub's body reads use HF_HUB_DOWNLOAD_TIMEOUT)
+RESUMES = 3  # a dropped connection is resumed this many times per file before the download fails
 SPACE_MARGIN = 64 << 20  # keep this much free beyond the files themselves (metadata, the manifest, the file system)
 ProgressFn = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
@@ -138,6 +140,8 @@ def local_path(target: Path, rel: str) -> Path:
     """``target/rel`` after checking that the name is safe and that no folder on the way is a link
     or a non-folder: what the downloader writes or removes stays inside ``target``."""
     check_remote_name(rel, str(target))
+    if not is_plain_name(rel):
+        raise DownloadError(f"{target}: refusing to write {rel!a}, which is not a plain file name", UNSAFE_NAME)
     cur = target
     for part in rel.split("/")[:-1]:
         cur = cur / part
@@ -288,22 +292,29 @@ def download(
 
         existed = local.is_file()
         for attempt in (0, 1):
-            try:
-                hf_hub_download(
-                    repo_id,
-                    rel,
-                    revision=commit,
-                    local_dir=target,
-                    endpoint=endpoint,
-                    token=token,
-                    force_download=attempt > 0,
-                    etag_timeout=timeout,
-                    tqdm_class=_progress_bar_class(on_bytes),
-                )
-            except Exception as e:
-                if from_callback and e is from_callback[-1]:
-                    raise
-                raise failure(e, f"downloading {rel}") from e
+            for resume in range(RESUMES + 1):
+                try:
+                    hf_hub_download(
+                        repo_id,
+                        rel,
+                        revision=commit,
+                        local_dir=target,
+                        endpoint=endpoint,
+                        token=token,
+                        force_download=attempt > 0 and resume == 0,
+                        etag_timeout=timeout,
+                        tqdm_class=_progress_bar_class(on_bytes),
+                    )
+                    break
+                except Exception as e:
+                    if from_callback and e is from_callback[-1]:
+                        raise
+                    # Older huggingface_hub versions give up on a dropped connection; calling again
+                    # resumes from the partial file with a range request.
+                    if classify(e) != DROPPED or resume == RESUMES:
+                        raise failure(e, f"downloading {rel}") from e
+                    log.warning("%s: connection dropped (%s), resuming", rel, type(e).__name__)
+                    done = start + _partial_bytes(target, rel)
             try:
                 verify_file(local, rf)
                 break
@@ -327,6 +338,14 @@ def download(
     if to_canonical:
         result.canonical = convert_to_canonical(target, root / canonical_name(variant), variant)
     return result
+
+
+def _partial_bytes(target: Path, rel: str) -> int:
+    """Bytes in huggingface_hub's partial file for ``rel`` (the newest ``*.incomplete`` beside its
+    metadata), for the progress count after a resume."""
+    folder = (target / ".cache" / "huggingface" / "download" / rel).parent
+    partials = [p.stat() for p in folder.glob("*.incomplete") if p.is_file()]
+    return max(partials, key=lambda st: st.st_mtime_ns).st_size if partials else 0
 
 
 def _forget_local_metadata(target: Path, rel: str) -> None:

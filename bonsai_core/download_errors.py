@@ -14,6 +14,7 @@ from pathlib import Path
 # kinds of DownloadError
 OFFLINE = "offline"
 STALLED = "stalled"
+DROPPED = "dropped"
 NOT_FOUND = "not_found"
 AUTH = "auth"
 DISK_FULL = "disk_full"
@@ -80,7 +81,7 @@ def classify(error: BaseException) -> str:
     if names & _STALL or "TimeoutException" in names:
         return STALLED
     if names & _DROPPED:
-        return OFFLINE
+        return DROPPED
     if "LocalEntryNotFoundError" in names:
         return OFFLINE  # huggingface_hub's "check your connection" without a recognisable cause
     return FAILED
@@ -106,6 +107,11 @@ def describe(error: BaseException, *, repo_id: str, target: Path, endpoint: str,
         head = (
             f"The Hugging Face Hub at {endpoint} stopped answering while {what}: nothing arrived for {timeout:g} s ({cause}). "
             "Run the same download again later: completed files are kept and the rest is resumed."
+        )
+    elif kind == DROPPED:
+        head = (
+            f"The connection to the Hugging Face Hub at {endpoint} kept dropping while {what} ({cause}). "
+            "Run the same download again: completed files are kept and a partial file is resumed."
         )
     elif kind == NOT_FOUND:
         head = (

@@ -66,12 +66,13 @@ def resolve_release(release: str) -> str:
 
 
 def check_remote_name(name: object, repo_id: str) -> str:
-    """``name`` unchanged if it is a plain relative POSIX path that stays inside any folder it is
-    joined to; else :class:`UnsafeRemoteName` naming the repo and the (escaped) name.
+    """``name`` unchanged if it is a relative POSIX path that stays inside any folder it is joined
+    to (on POSIX and Windows); else :class:`UnsafeRemoteName` naming the repo and the escaped name.
 
-    Refused: non-strings, empty names, absolute / drive / UNC paths, backslashes, NUL and control
-    characters, ``.`` / ``..`` / hidden parts, empty parts (``a//b``), non-ASCII look-alikes,
-    Windows device names, names longer than :data:`MAX_NAME_CHARS` or deeper than :data:`MAX_DEPTH`.
+    Refused (the whole listing is then refused): non-strings, empty names, absolute, drive and UNC
+    paths, ``:`` (drives, NTFS streams), backslashes, NUL and other control or format characters,
+    empty / ``.`` / ``..`` parts (also ``.. `` and ``...``, which Windows reads as such), names longer than :data:`MAX_NAME_CHARS` or deeper than :data:`MAX_DEPTH`.
+    A safe name may still be one the release never uses; :func:`expected_for` decides that.
     """
     shown = ascii(name)[:120]
     if not isinstance(name, str):
@@ -85,26 +86,29 @@ def check_remote_name(name: object, repo_id: str) -> str:
     if len(name) > MAX_NAME_CHARS:
         raise bad(f"longer than {MAX_NAME_CHARS} characters")
     if any(unicodedata.category(c).startswith("C") for c in name):
-        raise bad("contains NUL or control characters")
+        raise bad("contains NUL, control or format characters")
     if "\\" in name:
         raise bad("contains a backslash")
-    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+    if name.startswith("/"):
         raise bad("absolute path")
-    if not name.isascii():
-        raise bad("non-ASCII characters (released file names are ASCII)")
+    if ":" in name:
+        raise bad("contains ':' (a drive letter or a Windows file stream)")
     parts = name.split("/")
     if len(parts) > MAX_DEPTH:
         raise bad(f"more than {MAX_DEPTH} levels deep")
     for part in parts:
-        if part in ("", ".", ".."):
-            raise bad(f"path part {part!r} (empty, '.' or '..')")
+        # Windows drops trailing dots and spaces, so ".. " or "..." would mean a parent folder there.
+        if part.rstrip(". ") == "":
+            raise bad(f"path part {part!r} (empty, or only dots and spaces: '.' / '..')")
         if len(part) > MAX_PART_CHARS:
             raise bad(f"a part longer than {MAX_PART_CHARS} characters")
-        if not _PART.fullmatch(part):
-            raise bad(f"path part {part!r} is not a plain file name (letters, digits, '._+-', not hidden)")
-        if _WINDOWS_RESERVED.fullmatch(part):
-            raise bad(f"path part {part!r} is a Windows device name")
     return name
+
+
+def is_plain_name(name: str) -> bool:
+    """Every part is a plain ASCII file name (letters, digits, ``._+-``), not hidden, not ending in a
+    dot or space, not a Windows device name: the only names the downloader ever writes."""
+    return name.isascii() and all(_PART.fullmatch(p) and not _WINDOWS_RESERVED.fullmatch(p) for p in name.split("/"))
 
 
 def _dir_matches(top: str, patterns: tuple[str, ...]) -> bool:
@@ -113,8 +117,11 @@ def _dir_matches(top: str, patterns: tuple[str, ...]) -> bool:
 
 def expected_for(name: str, release: str, components: tuple[str, ...] = COMPONENTS) -> bool:
     """Whether a (safe) repo file belongs to ``release`` with ``components``: top-level ``*.json``
-    and ``README.md``, ``scheduler/*``, and files under the chosen components' folders. Other
-    releases' folders, ``assets/`` and anything unknown are never downloaded."""
+    and ``README.md``, ``scheduler/*``, and files under the chosen components' folders, all with
+    plain names (:func:`is_plain_name`). Other releases' folders, ``assets/`` and anything unknown
+    are never downloaded."""
+    if not is_plain_name(name):
+        return False  # hidden files (.gitattributes, the downloader's own records), odd characters
     top, sep, _rest = name.partition("/")
     if not sep:
         return bool(_TOP_FILES.fullmatch(name)) and name != MANIFEST

@@ -10,8 +10,11 @@ Implements (aiohttp, in a background thread):
   ``Content-Length``, ``Accept-Ranges``; ``Range: bytes=N-`` answers 206 with ``Content-Range``.
 
 Test controls: ``drop_after[path] = n`` cuts the connection once after ``n`` body bytes (a dropped
-transfer), ``corrupt[path] = bytes`` serves other content than the metadata describes. Every
-request is logged in ``requests`` as ``(method, path, Range header)``.
+transfer), ``corrupt[path] = bytes`` serves other content than the metadata describes,
+``stall[path] = s`` waits ``s`` seconds before answering (``INFO`` for the repo-info request),
+``stall_body[path] = (n, s)`` waits ``s`` seconds after ``n`` body bytes (a Hub that stops
+sending). File names are served as given, hostile ones included. Every request is logged in
+``requests`` as ``(method, path, Range header)``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 LFS_MIN = 1024  # files at least this big are "LFS" in the fixture repos
+INFO = "<info>"  # stall key of the repo-info request
 
 
 def git_blob_id(data: bytes) -> str:
@@ -53,6 +57,8 @@ class HubServer:
     repos: dict[str, FakeRepo]
     drop_after: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, bytes] = field(default_factory=dict)
+    stall: dict[str, float] = field(default_factory=dict)
+    stall_body: dict[str, tuple[int, float]] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     port: int = 0
 
@@ -65,6 +71,8 @@ class HubServer:
     async def _info(self, request: web.Request) -> web.StreamResponse:
         repo_id = f"{request.match_info['owner']}/{request.match_info['name']}"
         self.requests.append((request.method, request.path, None))
+        if INFO in self.stall:
+            await asyncio.sleep(self.stall[INFO])
         repo = self.repos.get(repo_id)
         if repo is None:
             return web.json_response({"error": "Repository not found"}, status=404, headers={"X-Error-Code": "RepoNotFound"})
@@ -79,6 +87,8 @@ class HubServer:
         path = request.match_info["path"]
         rng = request.headers.get("Range")
         self.requests.append((request.method, request.path, rng))
+        if path in self.stall:
+            await asyncio.sleep(self.stall[path])
         repo = self.repos.get(repo_id)
         if repo is None or path not in repo.files:
             return web.Response(status=404, headers={"X-Error-Code": "EntryNotFound" if repo else "RepoNotFound"})
@@ -108,6 +118,11 @@ class HubServer:
             await asyncio.sleep(0.05)
             request.transport.close()  # the connection drops mid-body
             return resp
+        pause = self.stall_body.pop(path, None)
+        if pause is not None and pause[0] < len(body):
+            await resp.write(body[: pause[0]])
+            await asyncio.sleep(pause[1])  # the Hub stops sending mid-body
+            body = body[pause[0] :]
         await resp.write(body)
         await resp.write_eof()
         return resp

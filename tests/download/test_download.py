@@ -1,4 +1,4 @@
-"""The downloader against a local Hub stand-in (tests/te/hub_server.py): file selection, progress,
+"""The downloader against a local Hub stand-in (tests/download/hub_server.py): file selection, progress,
 verification, resume after a dropped connection and after an interrupted run, corrupt files,
 offline, the CLI, and ``--to-canonical``."""
 
@@ -103,7 +103,8 @@ def test_download_verifies_and_reports_progress(hub: HubServer, tmp_path: Path) 
 
 
 def test_dropped_connection_resumes_with_a_range_request(tmp_path: Path) -> None:
-    """huggingface_hub keeps what it wrote (whole 10 MiB chunks) and asks for the rest with a Range."""
+    """What was written is kept and the rest is asked for with a Range (by huggingface_hub itself in
+    2.x; by the downloader calling it again where an older version gives up on the dropped connection)."""
     big = "transformer-gemlite-int2/state_dict.pt"
     files = {**gemlite_repo_files(), big: _blob(12 << 20, 9)}
     server = HubServer({TERNARY_GEMLITE: FakeRepo(TERNARY_GEMLITE, files)}).start()
@@ -116,7 +117,10 @@ def test_dropped_connection_resumes_with_a_range_request(tmp_path: Path) -> None
     finally:
         server.stop()
     gets = [r for f, r in _get(server) if f == big]
-    assert gets == [None, "bytes=10485760-"]  # resumed after the first complete chunk
+    # resumed where the partial file ends (huggingface_hub 2.x keeps whole 10 MiB chunks, 1.x every byte written)
+    assert len(gets) == 2 and gets[0] is None and gets[1] is not None
+    resumed_at = int(gets[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= 11 << 20
     target = tmp_path / "bonsai" / "bonsai-image-ternary-4B-gemlite-2bit" / big
     assert target.read_bytes() == files[big]
     assert events[-1] == sum(len(files[f]) for f in dl.select_files(list(files), "gemlite", ("transformer",)))
@@ -213,7 +217,7 @@ def test_to_canonical_writes_the_diffusion_model(tmp_path: Path) -> None:
     """A repo whose transformer is a real (tiny) gemlite pack converts to the canonical file."""
     pack = tmp_path / "pack"
     made = subprocess.run(
-        [sys.executable, "-m", "bonsai_core", "make-fixture", "--variant", "ternary", "--size", "tiny", "--format", "gemlite", str(pack)],
+        [sys.executable, "-m", "bonsai_tools", "make-fixture", "--variant", "ternary", "--size", "tiny", "--format", "gemlite", str(pack)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},

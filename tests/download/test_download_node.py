@@ -19,7 +19,7 @@ SNAP = "bonsai-image-ternary-4B-gemlite-2bit"
 @pytest.fixture()
 def hub_with_te(comfyui, tmp_path: Path) -> Iterator[HubServer]:  # noqa: ANN001
     """A gemlite repo whose text_encoder-hqq-4bit/ is a real tiny HQQ TE (with its tokenizer)."""
-    fixture = comfyui.pack("bonsai_core.te_fixture")
+    fixture = comfyui.pack("bonsai_tools.synth")
     te = fixture.make_te_fixture(
         "hqq", "tiny", 21, tmp_path / "te", tokenizer_src=comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
     )
