@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoint import FORMAT_VERSION, BonsaiCheckpoint, BonsaiMeta
+from .bounded import loads_strict
+from .checkpoint import CANONICAL_MARKER, FORMAT_VERSION, BonsaiCheckpoint, BonsaiMeta
 from .errors import BonsaiFormatError
-from .klein import GROUP_SIZE, KleinConfig, bfl_dense_tensors, bfl_quantized_layers
-from .packing import PackedWeight
-from .safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, write_safetensors
+from .klein import GROUP_SIZE, GeometryError, KleinConfig, bfl_dense_tensors, bfl_quantized_layers
+from .packing import PackedWeight, check_dense_values, check_values
+from .safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, read_header, write_safetensors
 
-SCALE_SUFFIX = "_scale"  # "<layer>.weight" (uint8 codes) + "<layer>.weight_scale"
-CANONICAL_MARKER = "bonsai-canonical"
+# A quantized layer "<module>.weight" (uint8 codes) has its scales under "<module>.weight_scale".
+SCALE_LEAF = "weight_scale"
+__all__ = ["CANONICAL_MARKER", "SCALE_LEAF", "is_canonical", "load_canonical", "read_canonical", "save_canonical", "scale_key"]
 
 
 def scale_key(weight_key: str) -> str:
-    return weight_key + SCALE_SUFFIX
+    """``double_blocks.0.img_attn.qkv.weight`` -> ``double_blocks.0.img_attn.qkv.weight_scale``."""
+    module, dot, leaf = weight_key.rpartition(".")
+    if leaf != "weight" or not dot:
+        raise ValueError(f"{weight_key!r} is not a '<module>.weight' key")
+    return f"{module}.{SCALE_LEAF}"
 
 
 def is_canonical(path: str | os.PathLike[str]) -> bool:
     """True for a safetensors file carrying canonical Bonsai metadata (cheap: reads the header only)."""
     try:
-        reader_meta = SafetensorsReader(path).metadata
+        _, meta = read_header(path)
     except BonsaiFormatError:
         return False
-    return reader_meta.get("bonsai_format") == CANONICAL_MARKER
+    return meta.get("bonsai_format") == CANONICAL_MARKER
 
 
 def canonical_specs(ckpt: BonsaiCheckpoint) -> list[TensorSpec]:
@@ -60,32 +65,61 @@ def save_canonical(ckpt: BonsaiCheckpoint, path: str | os.PathLike[str]) -> int:
     return write_safetensors(path, canonical_specs(ckpt), ckpt.meta.to_metadata())
 
 
-def load_canonical(path: str | os.PathLike[str]) -> BonsaiCheckpoint:
-    """Open a canonical file lazily, validating metadata, key set and every shape."""
-    path = Path(path)
-    r = SafetensorsReader(path)
-    md = r.metadata
+def write_canonical(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str]) -> Path:
+    """The registry's writer: :func:`save_canonical`, returning the file written."""
+    save_canonical(ckpt, out)
+    return Path(out)
+
+
+def read_canonical(
+    path: str | os.PathLike[str], variant: str | None = None, *, reader: SafetensorsReader | None = None
+) -> BonsaiCheckpoint:
+    """The registry's reader: a canonical file served by positioned reads (converting streams
+    one layer at a time; a map's touched pages would stay resident), checked against ``variant``."""
+    from .formats.layout import variant_for
+
+    ckpt = load_canonical(reader if reader is not None else path, mmap=False)
+    variant_for(ckpt.path, ckpt.meta.bits, variant)
+    return ckpt
+
+
+def _meta(path: Path, md: dict[str, str]) -> BonsaiMeta:
     if md.get("bonsai_format") != CANONICAL_MARKER:
         raise BonsaiFormatError(path, None, "not a canonical Bonsai file (no 'bonsai_format' metadata)")
     try:
         version = int(md["bonsai_format_version"])
-        cfg = KleinConfig(**json.loads(md["klein_config"]))
+        cfg_json = loads_strict(md["klein_config"], path, "__metadata__.klein_config")
+        if not isinstance(cfg_json, dict):
+            raise TypeError("klein_config is not a JSON object")
         meta = BonsaiMeta(
             variant=md["variant"],
-            config=cfg,
+            config=KleinConfig(**cfg_json),
             source_format=md.get("source_format", "canonical"),
             source_repo=md.get("source_repo", ""),
             source_sha256=md.get("source_sha256", ""),
             group_size=int(md.get("group_size", GROUP_SIZE)),
         )
-    except (KeyError, ValueError, TypeError) as e:
-        raise BonsaiFormatError(path, None, f"invalid canonical metadata: {e}") from e
+        bits = int(md.get("bits", meta.bits))
+    except (KeyError, ValueError, TypeError) as e:  # GeometryError is a ValueError
+        what = "transformer geometry" if isinstance(e, GeometryError) else "metadata"
+        raise BonsaiFormatError(path, "__metadata__", f"invalid canonical {what}: {e}") from e
     if version > FORMAT_VERSION:
         raise BonsaiFormatError(path, None, f"format version {version} is newer than this reader ({FORMAT_VERSION}); update the node pack")
-    if int(md.get("bits", meta.bits)) != meta.bits:
-        raise BonsaiFormatError(path, None, f"metadata says bits={md.get('bits')} but variant {meta.variant} has {meta.bits}")
+    if bits != meta.bits:
+        raise BonsaiFormatError(path, "__metadata__", f"metadata says bits={bits} but variant {meta.variant} has {meta.bits}")
+    return meta
 
-    bits = meta.bits
+
+def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bool = True) -> BonsaiCheckpoint:
+    """Open a canonical file lazily, validating metadata, key set and every shape from its header.
+
+    ``path`` may be a reader already open on the file (detection opens it once and hands it on).
+    ``mmap`` picks how tensors are read (see :class:`SafetensorsReader`). Every layer is checked
+    for finite scales and valid codes as it is loaded; dense tensors for finite values."""
+    r = path if isinstance(path, SafetensorsReader) else SafetensorsReader(path, mmap=mmap)
+    path = r.path
+    meta = _meta(path, r.metadata)
+    cfg, bits = meta.config, meta.bits
     packed_shapes: dict[str, tuple[int, int]] = {}
     expected_q = bfl_quantized_layers(cfg)
     expected_d = bfl_dense_tensors(cfg)
@@ -94,31 +128,40 @@ def load_canonical(path: str | os.PathLike[str]) -> BonsaiCheckpoint:
         for k in (key, sk):
             if k not in r:
                 raise BonsaiFormatError(path, k, "tensor is missing")
-        if r.dtype_name(key) != "U8":
-            raise BonsaiFormatError(path, key, f"packed codes must be U8, found {r.dtype_name(key)}")
-        if r.dtype_name(sk) not in ("F16", "BF16", "F32"):
-            raise BonsaiFormatError(path, sk, f"scales must be F16/BF16/F32, found {r.dtype_name(sk)}")
+        if r.dtype_name(key) != "U8" or len(r.shape(key)) != 2:
+            raise BonsaiFormatError(path, key, f"packed codes must be 2-D U8, found {r.dtype_name(key)} {list(r.shape(key))}")
+        if r.dtype_name(sk) not in ("F16", "BF16", "F32") or len(r.shape(sk)) != 2:
+            raise BonsaiFormatError(path, sk, f"scales must be 2-D F16/BF16/F32, found {r.dtype_name(sk)} {list(r.shape(sk))}")
         n, kb = r.shape(key)
         ns, g = r.shape(sk)
         k_in = kb * 8 // bits
         if ns != n or g * GROUP_SIZE != k_in:
-            raise BonsaiFormatError(path, key, f"codes {[n, kb]} at {bits} bit do not match scales {[ns, g]} (mixed group size or wrong variant?)")
+            raise BonsaiFormatError(
+                path, key, f"codes {[n, kb]} at {bits} bit do not match scales {[ns, g]} (mixed group size or wrong variant?)"
+            )
         packed_shapes[key] = (n, k_in)
     dense_shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     for key in expected_d:
         if key not in r:
             raise BonsaiFormatError(path, key, "tensor is missing")
-        dense_shapes[key] = (_ST_TO_DTYPE[r.dtype_name(key)], r.shape(key))
+        dtype = _ST_TO_DTYPE.get(r.dtype_name(key))
+        if dtype is None or not dtype.is_floating_point:
+            raise BonsaiFormatError(path, key, f"dense tensor has dtype {r.dtype_name(key)}; expected a float type")
+        dense_shapes[key] = (dtype, r.shape(key))
     known = set(expected_d) | set(expected_q) | {scale_key(k) for k in expected_q}
     unknown = [k for k in r.keys() if k not in known]
     if unknown:
         raise BonsaiFormatError(path, unknown[0], f"unexpected tensor ({len(unknown)} unexpected in all)")
 
     def load_packed(key: str) -> PackedWeight:
-        try:
-            return PackedWeight(r.get(key), r.get(scale_key(key)), bits)
-        except ValueError as e:
-            raise BonsaiFormatError(path, key, str(e)) from e
+        if key not in packed_shapes:
+            raise BonsaiFormatError(path, key, "not a quantized layer")
+        return check_values(PackedWeight(r.get(key), r.get(scale_key(key)), bits), path, key)
+
+    def load_dense(key: str) -> torch.Tensor:
+        if key not in dense_shapes:
+            raise BonsaiFormatError(path, key, "not a dense tensor")
+        return check_dense_values(r.get(key), path, key)
 
     return BonsaiCheckpoint(
         path=path,
@@ -126,7 +169,7 @@ def load_canonical(path: str | os.PathLike[str]) -> BonsaiCheckpoint:
         packed_shapes=packed_shapes,
         dense_shapes=dense_shapes,
         load_packed=load_packed,
-        load_dense=r.get,
-        bytes_on_disk=path.stat().st_size,
+        load_dense=load_dense,
+        bytes_on_disk=r.size,
         extra={"scale_dtypes": {k: _ST_TO_DTYPE[r.dtype_name(scale_key(k))] for k in packed_shapes}},
     )

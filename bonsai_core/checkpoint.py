@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .klein import GROUP_SIZE, KleinConfig
-from .packing import BITS_VARIANT, VARIANT_BITS, PackedWeight
+from .packing import VARIANT_BITS, PackedWeight
 
 FORMAT_VERSION = 1
-SOURCE_FORMATS = ("canonical", "gemlite", "mlx", "unpacked", "gguf")
+CANONICAL_MARKER = "bonsai-canonical"  # __metadata__["bonsai_format"] of a canonical file
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,10 @@ class BonsaiMeta:
     def bits(self) -> int:
         return VARIANT_BITS[self.variant]
 
-    @staticmethod
-    def variant_for_bits(bits: int) -> str:
-        return BITS_VARIANT[bits]
-
     def to_metadata(self) -> dict[str, str]:
         """The safetensors ``__metadata__`` of a canonical file (all values are strings)."""
         return {
-            "bonsai_format": "bonsai-canonical",
+            "bonsai_format": CANONICAL_MARKER,
             "bonsai_format_version": str(self.format_version),
             "variant": self.variant,
             "bits": str(self.bits),
@@ -60,9 +56,6 @@ class BonsaiMeta:
             "source_sha256": self.source_sha256,
             "klein_config": json.dumps(self.config.as_dict(), sort_keys=True),
         }
-
-    def with_source(self, **kw: str) -> BonsaiMeta:
-        return replace(self, **kw)
 
 
 @dataclass

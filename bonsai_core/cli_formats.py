@@ -1,4 +1,4 @@
-"""CLI commands ``inspect``, ``convert``, ``dequantize`` and ``make-fixture``."""
+"""CLI commands ``inspect``, ``convert`` and ``dequantize`` (``make-fixture`` is tooling: ``python -m bonsai_tools``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
+from .formats.registry import FORMAT_NAMES
 from .packing import VARIANT_BITS
-
-FORMAT_CHOICES = ("canonical", "gemlite", "mlx", "unpacked", "gguf")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -41,15 +40,6 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_make_fixture(args: argparse.Namespace) -> int:
-    from .atomic import check_output_path
-    from .fixtures import make_fixture
-
-    check_output_path(args.out)
-    print(make_fixture(args.variant, args.size, args.format, args.seed, args.out))
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     variants = sorted(VARIANT_BITS)
     p = sub.add_parser("inspect", help="describe a Bonsai transformer (any layout)")
@@ -61,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert between layouts (default: to the canonical single file)")
     p.add_argument("src")
     p.add_argument("dst", help="output file (canonical, gguf, or .safetensors for mlx/unpacked) or snapshot folder")
-    p.add_argument("--to", choices=FORMAT_CHOICES, default="canonical")
+    p.add_argument("--to", choices=FORMAT_NAMES, default="canonical")
     p.add_argument("--variant", choices=variants, help="fail unless the source is this variant")
     p.set_defaults(func=cmd_convert)
 
@@ -70,11 +60,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output .safetensors")
     p.add_argument("--variant", choices=variants, help="fail unless the source is this variant")
     p.set_defaults(func=cmd_dequantize)
-
-    p = sub.add_parser("make-fixture", help="write a deterministic synthetic checkpoint in a released layout")
-    p.add_argument("--variant", choices=variants, required=True)
-    p.add_argument("--size", choices=("tiny", "full"), default="tiny")
-    p.add_argument("--format", choices=FORMAT_CHOICES, default="canonical")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("out")
-    p.set_defaults(func=cmd_make_fixture)

@@ -5,56 +5,31 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .atomic import check_output_path
-from .canonical import save_canonical
 from .checkpoint import BonsaiCheckpoint
 from .errors import BonsaiFormatError
 from .formats.detect import open_checkpoint
+from .formats.registry import get_format
 from .safetensors_io import TensorSpec, write_safetensors
 
 log = logging.getLogger(__name__)
-
-EXPORT_FORMATS = ("canonical", "gemlite", "mlx", "unpacked", "gguf")
-
-
-def _write_canonical(ckpt: BonsaiCheckpoint, out: Path) -> Path:
-    save_canonical(ckpt, out)
-    return out
-
-
-def _writer(fmt: str) -> Callable[[BonsaiCheckpoint, Path], Path]:
-    if fmt == "canonical":
-        return _write_canonical
-    if fmt == "gemlite":
-        from .formats.gemlite import write_gemlite
-
-        return write_gemlite
-    if fmt == "mlx":
-        from .formats.mlx import write_mlx
-
-        return write_mlx
-    if fmt == "unpacked":
-        from .formats.unpacked import write_unpacked
-
-        return write_unpacked
-    if fmt == "gguf":
-        from .formats.gguf import write_gguf
-
-        return write_gguf
-    raise ValueError(f"unknown format {fmt!r}; expected one of {EXPORT_FORMATS}")
-
 
 def write_checkpoint(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], fmt: str = "canonical") -> Path:
     """Write ``ckpt`` in layout ``fmt``; returns the file or pack folder written.
 
     ``out`` must not exist as a folder (or anything but a regular file): writes only ever add.
     """
-    return _writer(fmt)(ckpt, check_output_path(out))
+    try:
+        spec = get_format(fmt)
+    except ValueError as e:
+        raise BonsaiFormatError(out, None, str(e)) from None
+    if not spec.holds(ckpt.meta.variant):
+        raise BonsaiFormatError(out, None, f"the {fmt} layout holds {' and '.join(spec.variants)} weights only; this checkpoint is {ckpt.meta.variant}")
+    return spec.write(ckpt, check_output_path(out))
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str = "canonical", variant: str | None = None) -> Path:

@@ -8,10 +8,35 @@ Klein 4B share one code path.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# The one group size of every Bonsai layout: one scale per 128 consecutive inputs (along K).
 GROUP_SIZE = 128
+
+# What a FLUX.2 Klein transformer can be. Klein 4B is (3072, 24 heads, 5 + 20 blocks); the caps
+# leave room for larger Klein siblings and stay small enough that every list derived from a
+# config (the inventory, the key maps) is a few thousand entries at most. A file declaring more
+# (depth 10**9, say) is refused from its header, before anything is allocated for it.
+CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    "hidden_size": (GROUP_SIZE, 16384),
+    "num_heads": (1, 256),
+    "depth": (1, 64),
+    "depth_single": (0, 128),
+    "in_channels": (1, 4096),
+    "context_in_dim": (1, 65536),
+    "time_dim": (1, 8192),
+}
+MAX_MLP_RATIO = 16.0
+
+
+class GeometryError(ValueError):
+    """A transformer geometry that is no FLUX.2 Klein; ``tensor`` names the key that showed it."""
+
+    def __init__(self, message: str, tensor: str | None = None) -> None:
+        super().__init__(message)
+        self.tensor = tensor
 
 
 @dataclass(frozen=True)
@@ -26,6 +51,23 @@ class KleinConfig:
     context_in_dim: int = 7680  # 3 x Qwen3-4B hidden size
     mlp_ratio: float = 3.0
     time_dim: int = 256  # diffusers ``timestep_guidance_channels``
+
+    def __post_init__(self) -> None:
+        # Checked once here, so every config a reader builds (from metadata, config.json or
+        # tensor shapes) is bounded before any inventory is derived from it.
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "mlp_ratio":
+                if type(v) not in (int, float) or not math.isfinite(v) or not 0 < v <= MAX_MLP_RATIO:
+                    raise GeometryError(f"mlp_ratio {v!r} is not a number in (0, {MAX_MLP_RATIO}]")
+                continue
+            lo, hi = CONFIG_LIMITS[f.name]
+            if type(v) is not int or not lo <= v <= hi:
+                raise GeometryError(f"{f.name} {v!r} is outside what a Klein transformer can be ({lo}..{hi})")
+        if self.hidden_size % self.num_heads or self.hidden_size % GROUP_SIZE:
+            raise GeometryError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads} and of {GROUP_SIZE}")
+        if self.mlp_hidden <= 0 or self.mlp_hidden % GROUP_SIZE:
+            raise GeometryError(f"MLP width {self.mlp_hidden} (hidden_size x mlp_ratio) is not a positive multiple of {GROUP_SIZE}")
 
     @property
     def head_dim(self) -> int:
@@ -57,16 +99,27 @@ class KleinConfig:
 
     @classmethod
     def from_diffusers_config(cls, cfg: dict[str, Any]) -> KleinConfig:
-        heads = int(cfg["num_attention_heads"])
+        """From a diffusers ``config.json``; a missing or non-integer field is a GeometryError naming it."""
+
+        def num(key: str, default: int | float | None = None, kind: type = int) -> Any:
+            v = cfg.get(key, default)
+            ok = type(v) is int or (kind is float and type(v) is float)
+            if v is None or not ok:
+                raise GeometryError(
+                    f"'{key}' is {'missing' if v is None else repr(v)[:40]}; expected {'a number' if kind is float else 'an integer'}", key
+                )
+            return v
+
+        heads = num("num_attention_heads")
         return cls(
-            hidden_size=heads * int(cfg["attention_head_dim"]),
+            hidden_size=heads * num("attention_head_dim"),
             num_heads=heads,
-            depth=int(cfg["num_layers"]),
-            depth_single=int(cfg["num_single_layers"]),
-            in_channels=int(cfg["in_channels"]),
-            context_in_dim=int(cfg["joint_attention_dim"]),
-            mlp_ratio=float(cfg.get("mlp_ratio", 3.0)),
-            time_dim=int(cfg.get("timestep_guidance_channels", 256)),
+            depth=num("num_layers"),
+            depth_single=num("num_single_layers"),
+            in_channels=num("in_channels"),
+            context_in_dim=num("joint_attention_dim"),
+            mlp_ratio=float(num("mlp_ratio", 3.0, float)),
+            time_dim=num("timestep_guidance_channels", 256),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -207,42 +260,71 @@ def swap_halves(t: Any) -> Any:
     return torch.cat([b, a], dim=0)
 
 
+def _dim(shapes: dict[str, tuple[int, ...]], key: str, axis: int) -> int:
+    if key not in shapes:
+        raise GeometryError("tensor is missing", key)
+    shape = shapes[key]
+    if len(shape) <= axis:
+        raise GeometryError(f"shape {list(shape)} has no axis {axis}", key)
+    return int(shape[axis])
+
+
+def _block_count(shapes: dict[str, tuple[int, ...]], prefix: str, limit: int) -> int:
+    """1 + the highest block index among ``<prefix>.<i>.*`` keys (0 when there is none), refusing
+    an index above ``limit`` from the name alone, before anything is built for it."""
+    top = -1
+    for k in shapes:
+        if not k.startswith(prefix + "."):
+            continue
+        idx = k[len(prefix) + 1 :].partition(".")[0]
+        if not idx.isascii() or not idx.isdigit() or len(idx) > 6 or int(idx) >= limit:
+            raise GeometryError(f"block index {idx[:20]!r} is not a number below {limit}", k)
+        top = max(top, int(idx))
+    return top + 1
+
+
+def _config(tensor: str, **kw: Any) -> KleinConfig:
+    try:
+        return KleinConfig(**kw)
+    except GeometryError as e:
+        raise GeometryError(f"the tensor shapes describe no Klein transformer: {e}", e.tensor or tensor) from None
+
+
 def infer_config_from_diffusers_shapes(shapes: dict[str, tuple[int, ...]]) -> KleinConfig:
     """Geometry of a diffusers-named Klein state dict from its tensor shapes (no config.json needed)."""
-    h, in_ch = shapes["x_embedder.weight"]
-    ctx = shapes["context_embedder.weight"][1]
-    head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
-    depth = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("transformer_blocks."))
-    single = [int(k.split(".")[1]) for k in shapes if k.startswith("single_transformer_blocks.")]
-    mlp = shapes["transformer_blocks.0.ff.linear_out.weight"][1]
-    time_dim = shapes["time_guidance_embed.timestep_embedder.linear_1.weight"][1]
-    return KleinConfig(
+    h, in_ch = _dim(shapes, "x_embedder.weight", 0), _dim(shapes, "x_embedder.weight", 1)
+    head_dim = _dim(shapes, "transformer_blocks.0.attn.norm_q.weight", 0)
+    mlp = _dim(shapes, "transformer_blocks.0.ff.linear_out.weight", 1)
+    if h <= 0 or head_dim <= 0:
+        raise GeometryError(f"hidden size {h} / head dim {head_dim} must be positive", "x_embedder.weight")
+    return _config(
+        "x_embedder.weight",
         hidden_size=h,
         num_heads=h // head_dim,
-        depth=depth,
-        depth_single=1 + max(single) if single else 0,
+        depth=_block_count(shapes, "transformer_blocks", CONFIG_LIMITS["depth"][1]),
+        depth_single=_block_count(shapes, "single_transformer_blocks", CONFIG_LIMITS["depth_single"][1]),
         in_channels=in_ch,
-        context_in_dim=ctx,
+        context_in_dim=_dim(shapes, "context_embedder.weight", 1),
         mlp_ratio=mlp / h,
-        time_dim=time_dim,
+        time_dim=_dim(shapes, "time_guidance_embed.timestep_embedder.linear_1.weight", 1),
     )
 
 
 def infer_config_from_bfl_shapes(shapes: dict[str, tuple[int, ...]]) -> KleinConfig:
     """Geometry of a BFL-named Klein state dict; packed linears report their logical (out, in)."""
-    h, in_ch = shapes["img_in.weight"]
-    ctx = shapes["txt_in.weight"][1]
-    head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
-    depth = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("double_blocks."))
-    single = [int(k.split(".")[1]) for k in shapes if k.startswith("single_blocks.")]
-    mlp = shapes["double_blocks.0.img_mlp.2.weight"][1]
-    return KleinConfig(
+    h, in_ch = _dim(shapes, "img_in.weight", 0), _dim(shapes, "img_in.weight", 1)
+    head_dim = _dim(shapes, "double_blocks.0.img_attn.norm.query_norm.scale", 0)
+    mlp = _dim(shapes, "double_blocks.0.img_mlp.2.weight", 1)
+    if h <= 0 or head_dim <= 0:
+        raise GeometryError(f"hidden size {h} / head dim {head_dim} must be positive", "img_in.weight")
+    return _config(
+        "img_in.weight",
         hidden_size=h,
         num_heads=h // head_dim,
-        depth=depth,
-        depth_single=1 + max(single) if single else 0,
+        depth=_block_count(shapes, "double_blocks", CONFIG_LIMITS["depth"][1]),
+        depth_single=_block_count(shapes, "single_blocks", CONFIG_LIMITS["depth_single"][1]),
         in_channels=in_ch,
-        context_in_dim=ctx,
+        context_in_dim=_dim(shapes, "txt_in.weight", 1),
         mlp_ratio=mlp / h,
-        time_dim=shapes["time_in.in_layer.weight"][1],
+        time_dim=_dim(shapes, "time_in.in_layer.weight", 1),
     )

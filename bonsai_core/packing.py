@@ -8,9 +8,12 @@ Canonical codes (see docs/FORMAT.md):
   exact, else the source dtype).
 * binary (bits=1): code 0 -> -s, 1 -> +s.  ternary (bits=2): code 0 -> -s, 1 -> 0, 2 -> +s.
 
-So ``W[n, k] = (q * STEP[bits] - 1) * s[n, k // 128]`` with ``STEP = {1: 2, 2: 1}``. This module
-is the only place that formula exists; every reader converts its layout *to codes* and every
-backend either calls :func:`dequantize` or is tested bit-exact against it.
+So ``W[n, k] = (q * STEP[bits] + OFFSET) * s[n, k // 128]`` with ``STEP = {1: 2, 2: 1}`` and
+``OFFSET = -1``; the same weight in the affine form gemlite and MLX consume is
+``W = q * scale + zero`` with ``scale = STEP * s``, ``zero = OFFSET * s`` (:func:`affine`). This
+module is the only place that formula exists; every reader converts its layout *to codes* and
+every backend calls :meth:`PackedWeight.dequantize` / :meth:`PackedWeight.affine`, or reads
+:attr:`PackedWeight.code_map` inside a kernel and is tested bit-exact against :func:`dequantize`.
 
 The layout was chosen so the other released layouts are views, not repacks: gemlite's
 ``W_q [K*bits/8, N]`` is ``codes.T`` and MLX's ``uint32 [N, K*bits/32]`` is ``codes`` viewed as
@@ -30,6 +33,7 @@ VARIANT_BITS = {"binary": 1, "ternary": 2}
 BITS_VARIANT = {v: k for k, v in VARIANT_BITS.items()}
 # value = q * STEP - 1  maps codes onto {-1, +1} (binary) or {-1, 0, +1} (ternary)
 STEP = {1: 2, 2: 1}
+OFFSET = -1
 MAX_CODE = {1: 1, 2: 2}
 
 
@@ -72,12 +76,23 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torc
     Values are exactly ``{-1, 0, +1} * s``; the product is exact whenever ``s`` is
     representable in ``dtype`` (always for float32).
     """
-    values = unpack_codes(codes, bits).to(dtype) * STEP[bits] - 1
+    values = unpack_codes(codes, bits).to(dtype) * STEP[bits] + OFFSET
     n, k = values.shape
     g = scales.shape[1]
     if k != g * GROUP_SIZE or scales.shape[0] != n:
         raise ValueError(f"codes imply [{n}, {k}] but scales are {list(scales.shape)} (group size {GROUP_SIZE})")
     return (values.view(n, g, GROUP_SIZE) * scales.to(dtype).unsqueeze(-1)).view(n, k)
+
+
+def affine(scales: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The formula as ``W = q * scale + zero`` per group: ``(STEP * s, OFFSET * s)`` in ``dtype``.
+
+    Computed in float32, then cast: ``STEP * s`` only moves the exponent, so both are exact in
+    ``dtype`` whenever ``s`` is and ``STEP * s`` does not overflow it (callers that need fp16
+    check for infinities)."""
+    _check_bits(bits)
+    s = scales.float()
+    return (s * STEP[bits]).to(dtype), (s * OFFSET).to(dtype)
 
 
 def compact_scales(scales: torch.Tensor) -> torch.Tensor:
@@ -127,6 +142,36 @@ def quantize_exact(weight: torch.Tensor, bits: int | None = None, *, path: str =
     return pack_codes(q.view(n, k), bits), compact_scales(s), bits
 
 
+def check_values(p: PackedWeight, path: object = "?", tensor: str | None = None) -> PackedWeight:
+    """Refuse values a Bonsai layer cannot hold: a scale that is not finite, or (ternary) code 3.
+
+    Readers call this once per layer as it is loaded from a file, so a corrupt or crafted file
+    (a re-zipped pack, a flipped byte) fails naming the tensor instead of rendering NaN. Cost: one
+    pass over the scales and, for ternary, a byte-wise test over the codes (no unpacking)."""
+    finite = torch.isfinite(p.scales)
+    if not bool(finite.all()):
+        n, g = (~finite).nonzero()[0].tolist()
+        raise BonsaiFormatError(path, tensor, f"scale at row {n}, group {g} is {p.scales[n, g].item()}; scales must be finite")
+    if p.bits == 2:
+        # a 2-bit field holds 3 exactly when both of its bits are set
+        both = p.codes & (p.codes >> 1) & 0x55
+        if bool(both.any()):
+            n, b = both.nonzero()[0].tolist()
+            lane = (int(both[n, b]) & -int(both[n, b])).bit_length() // 2
+            raise BonsaiFormatError(path, tensor, f"code 3 at row {n}, input {b * 4 + lane}: ternary codes are 0, 1, 2 only")
+    return p
+
+
+def check_dense_values(t: torch.Tensor, path: object = "?", tensor: str | None = None) -> torch.Tensor:
+    """Refuse a dense float tensor holding NaN or an infinity (no Bonsai weight does)."""
+    if t.is_floating_point():
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            idx = (~finite).nonzero()[0].tolist()
+            raise BonsaiFormatError(path, tensor, f"value at {idx} is {t[tuple(idx)].item()}; weights must be finite")
+    return t
+
+
 def _raise_first_bad(bad: torch.Tensor, path: str, tensor: str, what: str) -> None:
     idx = bad.nonzero()[0].tolist()
     row, group = idx[0], idx[1]
@@ -166,6 +211,19 @@ class PackedWeight:
         return (self.out_features, self.in_features)
 
     @property
+    def group_size(self) -> int:
+        return GROUP_SIZE
+
+    @property
+    def code_map(self) -> tuple[int, int]:
+        """``(step, offset)``: code ``q`` stands for ``q * step + offset`` times the group scale."""
+        return STEP[self.bits], OFFSET
+
+    def affine(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero)`` ``[N, K/128]`` with ``W = q * scale + zero`` (see :func:`affine`)."""
+        return affine(self.scales, self.bits, dtype)
+
+    @property
     def nbytes(self) -> int:
         return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
 
@@ -174,21 +232,6 @@ class PackedWeight:
 
     def to(self, device: torch.device | str) -> PackedWeight:
         return PackedWeight(self.codes.to(device), self.scales.to(device), self.bits)
-
-    @staticmethod
-    def cat(parts: list[PackedWeight]) -> PackedWeight:
-        """Fuse along N (q|k|v -> qkv). 128-groups lie along K, so this is exact."""
-        bits = {p.bits for p in parts}
-        if len(bits) != 1:
-            raise ValueError(f"cannot fuse layers of different bit widths {sorted(bits)}")
-        scale_dtype = torch.promote_types(parts[0].scales.dtype, parts[-1].scales.dtype)
-        for p in parts:
-            scale_dtype = torch.promote_types(scale_dtype, p.scales.dtype)
-        return PackedWeight(
-            torch.cat([p.codes for p in parts], 0),
-            torch.cat([p.scales.to(scale_dtype) for p in parts], 0),
-            bits.pop(),
-        )
 
     def split(self, sizes: list[int]) -> list[PackedWeight]:
         codes = self.codes.split(sizes, 0)

@@ -1,20 +1,29 @@
 """Streaming safetensors I/O: write one tensor at a time (memory bounded by the largest tensor)
-and read with clear errors for truncated or corrupt files."""
+and read through one bounded, fully validated header parse per file.
+
+The reader never trusts the header: its length, every entry's dtype, shape and byte range, the
+metadata and the tensor count are checked against caps and against the file size before any
+tensor is touched, so a crafted header ends as one :class:`BonsaiFormatError` naming the file
+and the tensor, never as a traceback or an allocation the file cannot back.
+"""
 
 from __future__ import annotations
 
 import json
+import mmap as _mmap
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
-from safetensors import safe_open
 
 from .atomic import atomic_path
+from .bounded import loads_strict, open_regular
 from .errors import BonsaiFormatError
 
 _DTYPE_TO_ST = {
@@ -33,6 +42,18 @@ _DTYPE_TO_ST = {
     torch.float8_e5m2: "F8_E5M2",
 }
 _ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
+# Bytes per element of every dtype name the safetensors format defines (some have no torch dtype
+# here; such tensors can be listed but not read).
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1}
+_ST_ITEMSIZE.update({"BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1})
+
+# Caps (docs/SECURITY.md). A canonical Klein 4B header is ~25 KB with 229 tensors; the Qwen3-4B
+# MLX text encoder ~150 KB with ~1,300. Parsing a header of the cap costs ~10x its size in RAM.
+MAX_HEADER_BYTES = 4 << 20
+MAX_TENSORS = 16384
+MAX_NDIM = 8
+MAX_NAME_CHARS = 512
+MAX_METADATA_CHARS = 1 << 20  # all metadata keys and values together
 
 
 @dataclass(frozen=True)
@@ -88,57 +109,140 @@ def write_safetensors(path: str | os.PathLike[str], specs: Iterable[TensorSpec],
     return size
 
 
-def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, dict], dict[str, str]]:
-    """(tensor entries, metadata) of a safetensors file, validated against the file size."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise BonsaiFormatError(path, None, "file is too short to be safetensors (truncated?)")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100_000_000):
-                raise BonsaiFormatError(path, None, f"safetensors header length {n} exceeds the file size {size} (truncated or not safetensors)")
-            header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BonsaiFormatError(path, None, f"corrupt safetensors header: {e}") from e
+def _int_list(v: object, n: int | None = None) -> list[int] | None:
+    """``v`` as a list of non-negative ints (JSON booleans are not numbers), or None."""
+    if not isinstance(v, list) or (n is not None and len(v) != n):
+        return None
+    if not all(type(x) is int and x >= 0 for x in v):
+        return None
+    return v
+
+
+def _check_entry(path: Path, name: str, entry: object, data_len: int) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise BonsaiFormatError(path, name, f"header entry is {type(entry).__name__}, expected an object with dtype, shape, data_offsets")
+    dtype = entry.get("dtype")
+    if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
+        raise BonsaiFormatError(path, name, f"unknown dtype {str(dtype)[:40]!r}")
+    shape = _int_list(entry.get("shape"))
+    if shape is None or len(shape) > MAX_NDIM:
+        raise BonsaiFormatError(
+            path, name, f"shape {str(entry.get('shape'))[:80]} is not a list of at most {MAX_NDIM} non-negative integers"
+        )
+    offsets = _int_list(entry.get("data_offsets"), 2)
+    if offsets is None:
+        raise BonsaiFormatError(path, name, f"data_offsets {str(entry.get('data_offsets'))[:80]} is not [start, end]")
+    start, end = offsets
+    if start > end:
+        raise BonsaiFormatError(path, name, f"data_offsets [{start}, {end}] end before they start")
+    if end > data_len:
+        raise BonsaiFormatError(path, name, f"data ends at byte {end} but the file holds only {data_len} data bytes (truncated download?)")
+    need = 0 if 0 in shape else _ST_ITEMSIZE[dtype]
+    for d in shape:  # Python ints: no overflow, and the product is bounded by data_len below
+        need *= d
+        if need > data_len:
+            break
+    if need != end - start:
+        raise BonsaiFormatError(
+            path,
+            name,
+            f"{dtype} {shape} needs {need if need <= data_len else 'more than ' + str(data_len)} bytes, header gives {end - start}",
+        )
+    return {"dtype": dtype, "shape": shape, "data_offsets": [start, end]}
+
+
+def _check_metadata(path: Path, meta: object) -> dict[str, str]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise BonsaiFormatError(path, "__metadata__", "metadata must map strings to strings")
+    if sum(len(k) + len(v) for k, v in meta.items()) > MAX_METADATA_CHARS:
+        raise BonsaiFormatError(path, "__metadata__", f"metadata holds more than {MAX_METADATA_CHARS} characters")
+    return meta
+
+
+def parse_header(path: Path, f: BinaryIO) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    """(entries, metadata, data start) of an open safetensors file, every field validated.
+
+    Entries are ``name -> {"dtype", "shape", "data_offsets"}`` in file order; offsets are relative
+    to the data start. Byte ranges may not overlap (one byte is never two tensors)."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(8)
+    if len(head) < 8:
+        raise BonsaiFormatError(path, None, "file is too short to be safetensors (truncated?)")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        raise BonsaiFormatError(path, None, f"safetensors header length {n} exceeds the file size {size} (truncated or not safetensors)")
+    if n > MAX_HEADER_BYTES:
+        raise BonsaiFormatError(path, None, f"safetensors header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte cap")
+    raw = f.read(n)
+    if len(raw) != n:
+        raise BonsaiFormatError(path, None, f"read {len(raw)} of {n} header bytes (file truncated while reading?)")
+    header = loads_strict(raw, path, None, max_depth=4)
     if not isinstance(header, dict):
         raise BonsaiFormatError(path, None, "corrupt safetensors header: not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = _check_metadata(path, header.pop("__metadata__", None))
+    if len(header) > MAX_TENSORS:
+        raise BonsaiFormatError(path, None, f"header lists {len(header)} tensors; at most {MAX_TENSORS} are accepted")
     data_len = size - 8 - n
+    entries: dict[str, dict[str, Any]] = {}
     for name, entry in header.items():
-        try:
-            start, end = entry["data_offsets"]
-            dtype = entry["dtype"]
-            shape = entry["shape"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise BonsaiFormatError(path, name, f"corrupt header entry {entry!r}") from e
-        if end > data_len:
-            raise BonsaiFormatError(path, name, f"data ends at byte {end} but the file holds only {data_len} data bytes (truncated download?)")
-        if dtype in _ST_TO_DTYPE and _nbytes(_ST_TO_DTYPE[dtype], tuple(shape)) != end - start:
-            raise BonsaiFormatError(path, name, f"{dtype} {shape} needs {_nbytes(_ST_TO_DTYPE[dtype], tuple(shape))} bytes, header gives {end - start}")
-    return header, meta
+        if not name or len(name) > MAX_NAME_CHARS:
+            raise BonsaiFormatError(path, name[:MAX_NAME_CHARS] or None, f"tensor name is empty or longer than {MAX_NAME_CHARS} characters")
+        entries[name] = _check_entry(path, name, entry, data_len)
+    spans = sorted(
+        (e["data_offsets"][0], e["data_offsets"][1], k) for k, e in entries.items() if e["data_offsets"][1] > e["data_offsets"][0]
+    )
+    for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise BonsaiFormatError(path, b, f"its bytes overlap those of '{a}'")
+    return entries, meta, 8 + n
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(tensor entries, metadata) of a safetensors file, validated against the file size."""
+    path = Path(path)
+    with open_regular(path) as f:
+        entries, meta, _ = parse_header(path, f)
+    return entries, meta
 
 
 class SafetensorsReader:
-    """Lazy, validated access to one safetensors file (tensors are read on demand).
+    """Validated access to one safetensors file: opened once, header parsed once, tensors read
+    on demand.
 
-    ``mmap=True`` reads through safetensors' memory map (cheap random access). ``mmap=False`` reads
-    each tensor with a positioned read into its own buffer: converting streams one layer at a time,
-    but pages of a memory map stay mapped (and counted in RSS) once touched, so converting the
-    7.75 GB unpacked file through a map ends with the whole file resident.
+    ``mmap=True`` hands out tensors that view a private (copy-on-write) map of the file: cheap
+    random access, nothing read until touched. ``mmap=False`` reads each tensor with a positioned
+    read into its own buffer: converting streams one layer at a time, but pages of a map stay
+    mapped (and counted in RSS) once touched, so converting the 7.75 GB unpacked file through a
+    map would end with the whole file resident.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, mmap: bool = True) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise BonsaiFormatError(self.path, None, "file not found")
-        self.entries, self.metadata = read_header(self.path)
-        self._handle = safe_open(str(self.path), framework="pt") if mmap else None
-        with open(self.path, "rb") as f:
-            self._data_start = 8 + int.from_bytes(f.read(8), "little")
+        f = open_regular(self.path)
+        try:
+            self.entries, self.metadata, self._data_start = parse_header(self.path, f)
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        self.size = os.fstat(f.fileno()).st_size  # bytes on disk when opened
+        self._closer = weakref.finalize(self, f.close)
+        self._use_mmap = mmap
+        self._map: _mmap.mmap | None = None
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the file (tensors already handed out from the map stay valid)."""
+        self._closer()
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -153,25 +257,38 @@ class SafetensorsReader:
         return name in self.entries
 
     def get(self, name: str) -> torch.Tensor:
-        if name not in self.entries:
+        e = self.entries.get(name)
+        if e is None:
             raise BonsaiFormatError(self.path, name, "tensor is missing")
-        if self._handle is None:
-            return self._read(name)
-        try:
-            return self._handle.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise BonsaiFormatError(self.path, name, f"cannot read tensor: {e}") from e
-
-    def _read(self, name: str) -> torch.Tensor:
-        e = self.entries[name]
         dtype = _ST_TO_DTYPE.get(e["dtype"])
         if dtype is None:
-            raise BonsaiFormatError(self.path, name, f"unsupported dtype {e['dtype']}")
+            raise BonsaiFormatError(self.path, name, f"dtype {e['dtype']} cannot be read into torch here")
         start, end = e["data_offsets"]
-        buf = torch.empty(end - start, dtype=torch.uint8)
-        with self._lock, open(self.path, "rb") as f:
-            f.seek(self._data_start + start)
-            got = f.readinto(buf.numpy()) if end > start else 0
-        if got != end - start:
-            raise BonsaiFormatError(self.path, name, f"read {got} of {end - start} bytes (file truncated while reading?)")
-        return buf.view(dtype).reshape(e["shape"])
+        if end == start:
+            return torch.empty(e["shape"], dtype=dtype)
+        offset = self._data_start + start
+        try:
+            if self._use_mmap:
+                flat = torch.frombuffer(self._mapped(), dtype=torch.uint8, count=end - start, offset=offset)
+            else:
+                flat = self._pread(name, offset, end - start)
+        except (OSError, ValueError) as err:  # closed, or shrunk since the header was read
+            raise BonsaiFormatError(self.path, name, f"cannot read tensor data: {err}") from err
+        return flat.view(dtype).reshape(e["shape"])
+
+    def _mapped(self) -> _mmap.mmap:
+        with self._lock:
+            if self._map is None:
+                if os.fstat(self._file.fileno()).st_size < self._data_start + max((e["data_offsets"][1] for e in self.entries.values()), default=0):
+                    raise ValueError("the file shrank after its header was read")
+                self._map = _mmap.mmap(self._file.fileno(), 0, access=_mmap.ACCESS_COPY)
+            return self._map
+
+    def _pread(self, name: str, offset: int, n: int) -> torch.Tensor:
+        buf = torch.empty(n, dtype=torch.uint8)
+        with self._lock:
+            self._file.seek(offset)
+            got = self._file.readinto(buf.numpy())
+        if got != n:
+            raise BonsaiFormatError(self.path, name, f"read {got} of {n} bytes (file truncated while reading?)")
+        return buf

@@ -11,7 +11,6 @@ so ``W_q.T`` viewed as bytes *is* the canonical code matrix and ``s = -zeros``.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from ..atomic import atomic_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
-from ..packing import STEP, PackedWeight, compact_scales
+from ..packing import PackedWeight, check_dense_values, compact_scales
+from ..torch_archive import load_archive
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -61,18 +61,11 @@ def gemlite_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load`` restricted to tensors (``weights_only``) and memory-mapped, so a 1.5 GB pack
-    costs no RAM until a layer is touched and a pickle that would run code is refused."""
-    if not path.is_file():
-        raise BonsaiFormatError(path, None, "file not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        raise BonsaiFormatError(
-            path, None, f"refusing to unpickle: the file holds more than tensors and could run code (loaded with weights_only=True): {e}"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BonsaiFormatError(path, None, f"cannot read as a torch.save archive (truncated or corrupt?): {e}") from e
+    """The pack's tensors, loaded with :func:`bonsai_core.torch_archive.load_archive`: the zip is
+    checked first (stored entries only, no overlap, bounded pickle), then read with
+    ``weights_only`` and memory-mapped, so a 1.5 GB pack costs no RAM until a layer is touched and
+    a pickle that would run code is refused."""
+    sd = load_archive(path, mmap=True)
     if not isinstance(sd, dict):
         raise BonsaiFormatError(path, None, f"expected a state dict, found {type(sd).__name__}")
     for k, v in sd.items():
@@ -143,7 +136,7 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
     def load_dense(key: str) -> torch.Tensor:
         t = dense[key].clone()
         release_pages(dense[key])
-        return t
+        return check_dense_values(t, sd_path, key)
 
     qmap = bfl_quantized_layers(cfg)
 
@@ -180,11 +173,11 @@ def packed_from_gemlite(path: Path, mod: str, p: dict[str, torch.Tensor], bits: 
 def gemlite_layer(p: PackedWeight, *, gemlite_version: str = "0.5") -> dict[str, torch.Tensor]:
     """The leaf tensors gemlite's ``GemLiteLinearTriton.pack`` (packing_bitwidth 8, fma mode) stores."""
     bits = p.bits
-    s = p.scales.float().t().contiguous()
+    scale, zero = p.affine(torch.float32)  # fp32 [N, K/128], stored transposed
     out = {
         "W_q": p.codes.t().contiguous(),
-        "scales": s * STEP[bits],
-        "zeros": -s,
+        "scales": scale.t().contiguous(),
+        "zeros": zero.t().contiguous(),
         "metadata": torch.tensor(
             [0, bits, GROUP_SIZE, (1 << bits) - 1, 8 // bits, DTYPE_FP16, DTYPE_FP16, DTYPE_FP32, DTYPE_FP32, 0, W_GROUP_MODE_FMA, 1],
             dtype=torch.int32,

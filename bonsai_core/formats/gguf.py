@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..bounded import open_regular
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
-from ..klein import GROUP_SIZE, infer_config_from_bfl_shapes
-from ..packing import PackedWeight, compact_scales
+from ..klein import GROUP_SIZE, GeometryError, infer_config_from_bfl_shapes
+from ..packing import PackedWeight, check_dense_values, check_values, compact_scales
 from .layout import bfl_expected_shapes, check_expected_variant, variant_for
 
 Q = gguf.GGMLQuantizationType
@@ -52,8 +54,7 @@ def _read_bytes(path: Path, t: gguf.ReaderTensor) -> np.ndarray:
 def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
     f = Path(path)
     check_expected_variant(f, variant)
-    if not f.is_file():
-        raise BonsaiFormatError(f, None, "file not found")
+    open_regular(f).close()  # a FIFO or device is refused before the gguf package maps it
     try:
         reader = gguf.GGUFReader(f, "r")
     except Exception as e:  # the gguf package raises ValueError/struct.error/IndexError on bad files
@@ -75,8 +76,9 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
     logical: dict[str, tuple[int, ...]] = {name: tuple(int(x) for x in reversed(t.shape.tolist())) for name, t in tensors.items()}
     try:
         cfg = infer_config_from_bfl_shapes(logical)
-    except (KeyError, ValueError, IndexError) as e:
-        raise BonsaiFormatError(f, str(e).strip("'"), "tensor is missing (not a FLUX.2 Klein GGUF with BFL key names?)") from e
+    except GeometryError as e:
+        hint = " (not a FLUX.2 Klein GGUF with BFL key names?)" if str(e) == "tensor is missing" else ""
+        raise BonsaiFormatError(f, e.tensor, f"{e}{hint}") from e
     q_shapes, d_shapes = bfl_expected_shapes(cfg)
     for key, shape in {**q_shapes, **d_shapes}.items():
         if key not in tensors:
@@ -105,17 +107,26 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
         blocks = torch.from_numpy(raw).view(n, g, Q1_BLOCK_BYTES)
         d = blocks[..., :2].contiguous().view(torch.float16).view(n, g)
         codes = blocks[..., 2:].reshape(n, g * (GROUP_SIZE // 8))
-        return PackedWeight(codes, compact_scales(d), 1)
+        return check_values(PackedWeight(codes, compact_scales(d), 1), f, key)
 
     def load_dense(key: str) -> torch.Tensor:
         t = tensors[key]
         shape = d_shapes[key]
         raw_np = _read_bytes(f, t)
         if t.tensor_type == Q.Q8_0:
+            if shape[-1] % 32 or raw_np.size * 32 != math.prod(shape) * 34:
+                raise BonsaiFormatError(f, key, f"holds {raw_np.size} bytes, Q8_0 {list(shape)} needs {math.prod(shape) // 32 * 34}")
             rows = raw_np.reshape(-1, shape[-1] // 32 * 34)
-            return torch.from_numpy(gguf.quants.dequantize(rows, Q.Q8_0).astype(np.float32)).reshape(shape)
-        raw = torch.from_numpy(raw_np)
-        return raw.view(DENSE_TYPES[t.tensor_type]).reshape(shape)
+            dense = torch.from_numpy(gguf.quants.dequantize(rows, Q.Q8_0).astype(np.float32)).reshape(shape)
+        else:
+            raw = torch.from_numpy(raw_np)
+            esize = torch.empty((), dtype=DENSE_TYPES[t.tensor_type]).element_size()
+            if raw.numel() != math.prod(shape) * esize:
+                raise BonsaiFormatError(
+                    f, key, f"holds {raw.numel()} bytes, {t.tensor_type.name} {list(shape)} needs {math.prod(shape) * esize}"
+                )
+            dense = raw.view(DENSE_TYPES[t.tensor_type]).reshape(shape)
+        return check_dense_values(dense, f, key)
 
     meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="gguf", source_repo=_field_str(reader, "general.source.repo_url"))
     return BonsaiCheckpoint(

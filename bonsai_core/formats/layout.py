@@ -12,20 +12,23 @@ from pathlib import Path
 
 import torch
 
+from ..bounded import read_json_object
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import (
     DIFFUSERS_SKIP_PATTERNS,
     GROUP_SIZE,
     SWAPPED_HALVES_KEY,
+    GeometryError,
     KleinConfig,
     bfl_dense_tensors,
     bfl_quantized_layers,
     diffusers_dense_tensors,
     diffusers_quantized_linears,
+    infer_config_from_diffusers_shapes,
     swap_halves,
 )
-from ..packing import BITS_VARIANT, MAX_CODE, STEP, VARIANT_BITS, PackedWeight, compact_scales, unpack_codes
+from ..packing import BITS_VARIANT, VARIANT_BITS, PackedWeight, affine, check_values, compact_scales
 
 SOLVER = {1: "binary", 2: "ternary"}
 
@@ -50,28 +53,18 @@ def variant_for(path: str | os.PathLike[str], bits: int, expected: str | None, t
 
 
 def read_json(path: Path, *, required: bool = True) -> dict | None:
-    if not path.is_file():
-        if required:
-            raise BonsaiFormatError(path, None, "required JSON file is missing")
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BonsaiFormatError(path, None, f"cannot parse JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise BonsaiFormatError(path, None, "expected a JSON object")
-    return data
+    """A released JSON side file, parsed with limits (regular file, size cap, strict numbers)."""
+    return read_json_object(path, required=required)
 
 
 def quant_json_bits(path: Path, qcfg: dict, *, default_bits: int | None = None) -> int:
     """``bits`` and ``group_size`` of a ``quantization_config.json``, validated."""
-    try:
-        bits = int(qcfg.get("bits", default_bits)) if qcfg.get("bits", default_bits) is not None else None
-        gs = int(qcfg.get("group_size", GROUP_SIZE))
-    except (TypeError, ValueError) as e:
-        raise BonsaiFormatError(path, None, f"invalid bits/group_size: {e}") from e
+    bits = qcfg.get("bits", default_bits)
+    gs = qcfg.get("group_size", GROUP_SIZE)
     if bits is None:
-        raise BonsaiFormatError(path, None, "no 'bits' entry")
+        raise BonsaiFormatError(path, "bits", "no 'bits' entry")
+    if type(bits) is not int or type(gs) is not int:
+        raise BonsaiFormatError(path, "bits", f"bits {bits!r} / group_size {gs!r} must be integers")
     if gs != GROUP_SIZE:
         raise BonsaiFormatError(path, None, f"group_size {gs} is not supported (Bonsai uses {GROUP_SIZE} everywhere)")
     return bits
@@ -79,19 +72,17 @@ def quant_json_bits(path: Path, qcfg: dict, *, default_bits: int | None = None) 
 
 def load_transformer_config(path: Path, logical: Mapping[str, tuple[int, ...]]) -> KleinConfig:
     """Geometry from ``config.json`` when present, cross-checked against the tensors' shapes."""
-    from ..klein import infer_config_from_diffusers_shapes
-
     try:
         inferred = infer_config_from_diffusers_shapes(dict(logical))
-    except (KeyError, ValueError, IndexError) as e:
-        raise BonsaiFormatError(path.parent, str(e).strip("'"), "cannot infer the transformer geometry: tensor is missing") from e
+    except GeometryError as e:
+        raise BonsaiFormatError(path.parent, e.tensor, f"cannot infer the transformer geometry: {e}") from e
     cfg_json = read_json(path, required=False)
     if cfg_json is None:
         return inferred
     try:
         declared = KleinConfig.from_diffusers_config(cfg_json)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BonsaiFormatError(path, None, f"invalid transformer config: {e}") from e
+    except GeometryError as e:
+        raise BonsaiFormatError(path, e.tensor, f"invalid transformer config: {e}") from e
     if declared != inferred:
         raise BonsaiFormatError(path, None, f"config.json describes {declared} but the weights have shapes of {inferred}")
     return declared
@@ -317,24 +308,26 @@ def packed_from_affine(
     ``scales``/``offsets`` [N, K/128]; ``names`` = (codes, scales, offsets) leaf names for errors.
     """
     s = -offsets.float()
+    want_scale, _ = affine(s, bits)
     sc = scales.float()
-    if not torch.equal(sc, s * STEP[bits]):
-        n, g = first_mismatch(sc, s * STEP[bits])
+    if not torch.equal(sc, want_scale):
+        n, g = first_mismatch(sc, want_scale)
         rel = f"2 * (-{names[2]})" if bits == 1 else f"-{names[2]}"
         raise BonsaiFormatError(
             path,
             f"{module}.{names[1]}",
-            f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {(s * STEP[bits])[n, g].item()}; not a Bonsai {SOLVER[bits]} pack",
+            f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {want_scale[n, g].item()}; not a Bonsai {SOLVER[bits]} pack",
         )
-    if bits == 2:
-        bad = unpack_codes(codes, 2) > MAX_CODE[2]
-        if bool(bad.any()):
-            n, k = first_mismatch(bad, torch.zeros_like(bad))
-            raise BonsaiFormatError(path, f"{module}.{names[0]}", f"code 3 at row {n}, input {k}: ternary codes are 0, 1, 2 only")
     try:
-        return PackedWeight(codes, compact_scales(s.contiguous()), bits)
+        p = PackedWeight(codes, compact_scales(s.contiguous()), bits)
     except ValueError as e:
         raise BonsaiFormatError(path, f"{module}.{names[0]}", str(e)) from e
+    try:
+        return check_values(p, path, f"{module}.{names[0]}")
+    except BonsaiFormatError as e:
+        if "scale" in e.reason:  # a non-finite s came from the offsets
+            raise BonsaiFormatError(path, f"{module}.{names[2]}", e.reason) from None
+        raise
 
 
 def _madvise() -> Callable[[int, int, int], int] | None:

@@ -18,7 +18,7 @@ from ..atomic import atomic_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
-from ..packing import STEP, PackedWeight, compact_scales
+from ..packing import PackedWeight, check_dense_values, compact_scales
 from ..safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
 from .layout import (
     DiffusersView,
@@ -47,12 +47,13 @@ def mlx_file(path: str | os.PathLike[str]) -> Path:
     return p if p.is_file() else p / FILE
 
 
-def read_mlx(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
+def read_mlx(path: str | os.PathLike[str], variant: str | None = None, *, reader: SafetensorsReader | None = None) -> BonsaiCheckpoint:
     """Open an MLX pack (folder or its safetensors file) lazily. ``quantization_config.json`` is
-    cross-checked when present; bits are otherwise read off the packed shapes."""
-    f = mlx_file(path)
+    cross-checked when present; bits are otherwise read off the packed shapes. ``reader``: the
+    file already opened by detection (it is not opened again)."""
+    f = reader.path if reader is not None else mlx_file(path)
     check_expected_variant(f, variant)
-    r = SafetensorsReader(f, mmap=False)
+    r = reader if reader is not None else SafetensorsReader(f, mmap=False)
     q_path = f.parent / "quantization_config.json"
     qcfg = read_json(q_path, required=False)
 
@@ -71,12 +72,14 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None) -> Bonsai
             for t in (sc, bi):
                 if r.dtype_name(t) not in FLOAT_ST or len(r.shape(t)) != 2:
                     raise BonsaiFormatError(f, t, f"expected a 2-D float tensor, found {r.dtype_name(t)} {list(r.shape(t))}")
+            if len(r.shape(w)) != 2:
+                raise BonsaiFormatError(f, w, f"packed weight must be 2-D, found {list(r.shape(w))}")
             n, g = r.shape(sc)
             if r.shape(bi) != (n, g):
                 raise BonsaiFormatError(f, bi, f"shape {list(r.shape(bi))} differs from scales {[n, g]}")
             wn, words = r.shape(w)
             k = g * GROUP_SIZE
-            if wn != n or (words * 32) % k:
+            if wn != n or k == 0 or (words * 32) % k:
                 raise BonsaiFormatError(f, w, f"shape {[wn, words]} does not match scales {[n, g]} (mixed group sizes?)")
             packed[mod] = words * 32 // k
             logical[w] = (n, k)
@@ -123,9 +126,9 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None) -> Bonsai
         f,
         meta,
         load_module,
-        r.get,
+        lambda key: check_dense_values(r.get(key), f, key),
         {k: _st_dtype(r.dtype_name(k)) for k in dense_keys},
-        bytes_on_disk=f.stat().st_size,
+        bytes_on_disk=r.size,
         scale_dtypes=LazyScaleDtypes(list(qmap), scale_dtype),
     )
 
@@ -138,11 +141,11 @@ def packed_from_mlx(path: Path, mod: str, weight: torch.Tensor, scales: torch.Te
 
 def mlx_layer(p: PackedWeight, path: Path | str = "?", mod: str = "?") -> dict[str, torch.Tensor]:
     """``weight`` uint32 [N, K*bits/32], ``scales``/``biases`` bf16 [N, K/128] (what ``mx.quantize`` stores)."""
-    s = p.scales.float()
+    scale, bias = p.affine(torch.float32)
     return {
         "weight": p.codes.contiguous().view(torch.uint32),
-        "scales": _bf16_exact(path, f"{mod}.scales", s * STEP[p.bits]),
-        "biases": _bf16_exact(path, f"{mod}.scales", -s),
+        "scales": _bf16_exact(path, f"{mod}.scales", scale),
+        "biases": _bf16_exact(path, f"{mod}.biases", bias),
     }
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
+from ..bounded import plain_file_name
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers, diffusers_quantized_linears
-from ..packing import PackedWeight, compact_scales, quantize_exact
+from ..packing import PackedWeight, check_dense_values, check_values, compact_scales, quantize_exact
 from ..safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, write_safetensors
 from .layout import (
     DiffusersView,
@@ -38,12 +39,13 @@ FOLDER = "transformer"
 FILE = "diffusion_pytorch_model.safetensors"
 INDEX = FILE + ".index.json"
 FLOAT_ST = ("BF16", "F16", "F32")
+MAX_SHARDS = 256  # the unpacked releases are one 7.75 GB file; diffusers shards at 5-10 GB
 
 
 class _Shards:
     """One safetensors file, or the shards of a diffusers ``.index.json``, behind one lookup."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reader: SafetensorsReader | None = None) -> None:
         self.readers: dict[str, SafetensorsReader] = {}
         if path.name.endswith(".index.json"):
             idx = read_json(path)
@@ -51,8 +53,11 @@ class _Shards:
             wm = idx.get("weight_map")
             if not isinstance(wm, dict):
                 raise BonsaiFormatError(path, None, "no 'weight_map' in the shard index")
+            if len(set(wm.values())) > MAX_SHARDS:
+                raise BonsaiFormatError(path, "weight_map", f"lists more than {MAX_SHARDS} shard files")
             opened: dict[str, SafetensorsReader] = {}
             for key, shard in wm.items():
+                shard = plain_file_name(path, shard, key)  # never a path out of the pack folder
                 if shard not in opened:
                     opened[shard] = SafetensorsReader(path.parent / shard, mmap=False)
                 if key not in opened[shard]:
@@ -60,7 +65,7 @@ class _Shards:
                 self.readers[key] = opened[shard]
             self.files = list(opened.values())
         else:
-            r = SafetensorsReader(path, mmap=False)
+            r = reader if reader is not None else SafetensorsReader(path, mmap=False)
             self.readers = dict.fromkeys(r.keys(), r)
             self.files = [r]
 
@@ -81,15 +86,17 @@ def unpacked_file(path: str | os.PathLike[str]) -> Path:
     return p / INDEX if (p / INDEX).is_file() and not (p / FILE).is_file() else p / FILE
 
 
-def read_unpacked(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
-    f = unpacked_file(path)
+def read_unpacked(path: str | os.PathLike[str], variant: str | None = None, *, reader: SafetensorsReader | None = None) -> BonsaiCheckpoint:
+    """Open an unpacked pack (folder, its safetensors file or shard index) lazily. ``reader``:
+    the single file already opened by detection (it is not opened again)."""
+    f = reader.path if reader is not None else unpacked_file(path)
     check_expected_variant(f, variant)
-    sh = _Shards(f)
+    sh = _Shards(f, reader)
     logical: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, torch.dtype] = {}
     for key in sh.keys():
         r = sh.readers[key]
-        if r.dtype_name(key) not in FLOAT_ST:
+        if r.dtype_name(key) not in FLOAT_ST or len(r.shape(key)) > 2:
             raise BonsaiFormatError(
                 r.path, key, f"expected a bf16/fp16/fp32 tensor, found {r.dtype_name(key)} (a packed file handed to the unpacked reader?)"
             )
@@ -107,7 +114,10 @@ def read_unpacked(path: str | os.PathLike[str], variant: str | None = None) -> B
 
     def load_module(mod: str) -> PackedWeight:
         key = f"{mod}.weight"
-        return pack_rows(sh.get(key), bits, str(sh.where(key)), key)
+        return check_values(pack_rows(sh.get(key), bits, str(sh.where(key)), key), sh.where(key), key)
+
+    def load_dense(key: str) -> torch.Tensor:
+        return check_dense_values(sh.get(key), sh.where(key), key)
 
     def group_amax(mod: str) -> torch.Tensor:
         w = sh.get(f"{mod}.weight")
@@ -124,9 +134,9 @@ def read_unpacked(path: str | os.PathLike[str], variant: str | None = None) -> B
         f,
         meta,
         load_module,
-        sh.get,
+        load_dense,
         dtypes,
-        bytes_on_disk=sum(r.path.stat().st_size for r in sh.files),
+        bytes_on_disk=sum(r.size for r in sh.files),
         scale_dtypes=LazyScaleDtypes(list(qmap), scale_dtype),
     )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from core_helpers import FORMATS, SEED, VARIANTS, fixture_path
 
-from bonsai_core.fixtures import make_fixture
+from bonsai_core.formats import FORMATS as FORMATS_BY_NAME
+from bonsai_tools.synth import make_fixture
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path
     out: dict[tuple[str, str], Path] = {}
     for v in VARIANTS:
         for f in FORMATS:
-            if v == "ternary" and f == "gguf":
+            if not FORMATS_BY_NAME[f].holds(v):
                 continue
             out[(v, f)] = fixture_path(root, v, f)  # the snapshot root for folder layouts
             make_fixture(v, "tiny", f, SEED, out[(v, f)])

@@ -11,10 +11,10 @@ import torch
 from core_helpers import SEED
 
 from bonsai_core.errors import BonsaiFormatError
-from bonsai_core.fixtures import make_fixture, synthetic_checkpoint
-from bonsai_core.formats import open_checkpoint
+from bonsai_core.formats import FORMATS, open_checkpoint
 from bonsai_core.formats.gemlite import load_state_dict
 from bonsai_core.safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
+from bonsai_tools.synth import make_fixture, synthetic_checkpoint
 
 QKV = "transformer_blocks.0.attn.to_q"  # first quantized diffusers linear
 
@@ -199,14 +199,14 @@ def test_group_size_other_than_128_in_json(tiny: dict, tmp_path: Path) -> None:
 # --- variants --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["canonical", "gemlite", "mlx", "unpacked", "gguf"])
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if FORMATS[f].holds("binary")])
 def test_binary_handed_to_ternary_reader(tiny: dict, fmt: str) -> None:
     err = _raises(tiny[("binary", fmt)], None, "expected a ternary checkpoint but this one is binary", variant="ternary")
     if fmt == "unpacked":
         assert err.tensor == f"{QKV}.weight" and "holds no zeros" in str(err)
 
 
-@pytest.mark.parametrize("fmt", ["canonical", "gemlite", "mlx", "unpacked"])
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if FORMATS[f].holds("ternary")])
 def test_ternary_handed_to_binary_reader(tiny: dict, fmt: str) -> None:
     _raises(tiny[("ternary", fmt)], None, "expected a binary checkpoint but this one is ternary", variant="binary")
 
