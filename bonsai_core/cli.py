@@ -20,13 +20,12 @@ COMMANDS: dict[str, str] = {
     "inspect": ".cli_formats",
     "convert": ".cli_formats",
     "dequantize": ".cli_formats",
-    "make-fixture": ".cli_formats",
     "download": ".download",
 }
 
 # Developer commands that live in the tooling package now. The runtime must not import it (a user's
 # ComfyUI never needs it), so these names only answer where they went.
-MOVED_TO_TOOLS: frozenset[str] = frozenset({"bench-linear", "bench-model", "bench-lora"})
+MOVED_TO_TOOLS: frozenset[str] = frozenset({"make-fixture", "bench-linear", "bench-model", "bench-lora"})
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

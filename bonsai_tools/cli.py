@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bench-model": ".bench.model",
     "bench-lora": ".bench.lora",
     "build-workflows": ".workflows.build",
+    "make-fixture": ".synth.cli",
 }
 
 

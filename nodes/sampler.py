@@ -27,16 +27,16 @@ from comfy_extras.nodes_flux import get_schedule
 
 import nodes as comfy_nodes
 
+from ..bonsai_core.vae import FLUX2_DOWNSCALE, FLUX2_LATENT_CHANNELS
+
 RECIPE_STEPS = 4
 RECIPE_SAMPLER = "euler"
 RECIPE_CFG = 1.0
-LATENT_CHANNELS = 128  # FLUX.2 latents: 32 VAE channels x 2x2 patch
-DOWNSCALE = 16
 
 
 def flux2_sigmas(steps: int, width: int, height: int) -> torch.Tensor:
     """``Flux2Scheduler(steps, width, height)``: the schedule for a ``width`` x ``height`` image."""
-    return get_schedule(steps, round(width * height / (DOWNSCALE * DOWNSCALE)))
+    return get_schedule(steps, round(width * height / (FLUX2_DOWNSCALE * FLUX2_DOWNSCALE)))
 
 
 def zeroed(conditioning: list[Any]) -> list[Any]:
@@ -55,7 +55,7 @@ def sample_recipe(
     samples = comfy.sample.fix_empty_latent_channels(
         model, latent["samples"], latent.get("downscale_ratio_spacial"), latent.get("downscale_ratio_temporal")
     )
-    height, width = samples.shape[-2] * DOWNSCALE, samples.shape[-1] * DOWNSCALE
+    height, width = samples.shape[-2] * FLUX2_DOWNSCALE, samples.shape[-1] * FLUX2_DOWNSCALE
     sigmas = flux2_sigmas(steps, width, height)
 
     guider = comfy.samplers.CFGGuider(model)
@@ -86,7 +86,8 @@ def sample_recipe(
 def empty_latent(width: int, height: int, batch_size: int) -> dict[str, Any]:
     """``EmptyFlux2LatentImage``."""
     z = torch.zeros(
-        [batch_size, LATENT_CHANNELS, height // DOWNSCALE, width // DOWNSCALE], device=comfy.model_management.intermediate_device()
+        [batch_size, FLUX2_LATENT_CHANNELS, height // FLUX2_DOWNSCALE, width // FLUX2_DOWNSCALE],
+        device=comfy.model_management.intermediate_device(),
     )
     return {"samples": z}
 

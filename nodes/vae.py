@@ -24,16 +24,23 @@ from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
-from ..bonsai_core.vae_fixture import FULL_BLOCK_OUT, LATENT_CHANNELS, VAE_CLASS_NAME, VAE_CONFIG_NAME, VAE_WEIGHTS_NAME, vae_tensor_shapes
+from ..bonsai_core.vae import (
+    FLUX2_DOWNSCALE,
+    FLUX2_LATENT_CHANNELS,
+    VAE_BLOCK_OUT,
+    VAE_CLASS_NAME,
+    VAE_CONFIG_NAME,
+    VAE_FOLDER,
+    VAE_LATENT_CHANNELS,
+    VAE_WEIGHTS_NAME,
+    vae_tensor_shapes,
+)
 from . import folders
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "Bonsai Image"
-VAE_SUBDIR = "vae"
-# FLUX.2 latents as the DiT sees them: 32 VAE channels x 2x2 patch, 16x spatial reduction.
-FLUX2_LATENT_CHANNELS = 4 * LATENT_CHANNELS
-FLUX2_DOWNSCALE = 16
+VAE_SUBDIR = VAE_FOLDER
 _LIST_DEPTH = 3  # <repo>/vae is depth 2; allow one grouping folder above a repo
 WHAT = "VAE folder"
 
@@ -89,8 +96,8 @@ def read_vae_config(vae_dir: Path) -> dict[str, Any]:
     cls = cfg.get("_class_name")
     if cls != VAE_CLASS_NAME:
         raise BonsaiFormatError(path, None, f"_class_name is {cls!r}, expected {VAE_CLASS_NAME!r} (the FLUX.2 VAE)")
-    if cfg.get("latent_channels") != LATENT_CHANNELS:
-        raise BonsaiFormatError(path, None, f"latent_channels is {cfg.get('latent_channels')!r}, the FLUX.2 VAE has {LATENT_CHANNELS}")
+    if cfg.get("latent_channels") != VAE_LATENT_CHANNELS:
+        raise BonsaiFormatError(path, None, f"latent_channels is {cfg.get('latent_channels')!r}, the FLUX.2 VAE has {VAE_LATENT_CHANNELS}")
     if cfg.get("patch_size", [2, 2]) != [2, 2]:
         raise BonsaiFormatError(path, None, f"patch_size is {cfg.get('patch_size')!r}, the FLUX.2 VAE uses [2, 2]")
     return cfg
@@ -110,7 +117,7 @@ def check_vae_weights(weights: Path) -> None:
     if top % 4 or len(conv_in["shape"]) != 4:
         raise BonsaiFormatError(weights, "decoder.conv_in.weight", f"unexpected shape {conv_in['shape']}")
     c = top // 4
-    expected = vae_tensor_shapes(FULL_BLOCK_OUT, (c, 2 * c, 4 * c, 4 * c))
+    expected = vae_tensor_shapes(VAE_BLOCK_OUT, (c, 2 * c, 4 * c, 4 * c))
     for name, shape in expected.items():
         if name not in entries:
             raise BonsaiFormatError(weights, name, "tensor is missing: not a complete diffusers FLUX.2 VAE")

@@ -2,7 +2,7 @@
 
 The model is ComfyUI's own FLUX.2 transformer built with the pack's ``BonsaiOps`` on full-size
 synthetic packed weights (``bench_model.synthetic_state_dict``); LoRAs of rank 16/64/128 on every
-packed linear (``bonsai_core.lora_fixture``, BFL keys) go through ComfyUI's stock path
+packed linear (:mod:`bonsai_tools.synth.lora`, BFL keys) go through ComfyUI's stock path
 (``comfy.sd.load_lora_for_models``, what ``LoraLoader`` calls) and ComfyUI's model management
 (``load_models_gpu``), so the timed forward is exactly what a workflow runs: packed matmul + the
 unmerged branches of ``nodes/lora.py``.
@@ -89,8 +89,8 @@ def time_forward(dm: Any, inputs: tuple[Any, Any, Any], device: Any, warmup: int
 
 
 def synthetic_lora(cfg: Any, rank: int, seed: int) -> dict[str, Any]:
-    """The rank-``rank`` LoRA of :mod:`bonsai_core.lora_fixture`, in memory (bf16, CPU, like a loaded file)."""
-    from bonsai_core.lora_fixture import lora_specs
+    """The rank-``rank`` LoRA of :mod:`bonsai_tools.synth.lora`, in memory (bf16, CPU, like a loaded file)."""
+    from ..synth.lora import lora_specs
 
     return {s.name: s.produce() for s in lora_specs(cfg, rank, seed)}
 

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bonsai_core.errors import BonsaiFormatError
-from bonsai_core.te_fixture import QWEN3_4B_CONFIG, QWEN3_TINY_CONFIG, make_te_fixture, random_te, write_hqq, write_mlx
 from bonsai_core.te_formats import (
     TE_GROUP_SIZE,
     expected_dense_shapes,
@@ -27,6 +26,7 @@ from bonsai_core.te_formats import (
     resolve_te_folder,
     unpack_nibbles,
 )
+from bonsai_tools.synth import QWEN3_4B_CONFIG, QWEN3_TINY_CONFIG, make_te_fixture, random_te, write_hqq, write_mlx
 
 # a very small config for tests that rewrite files many times (2 layers)
 MINI = {**QWEN3_TINY_CONFIG, "num_hidden_layers": 2, "vocab_size": 256}

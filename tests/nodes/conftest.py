@@ -30,7 +30,7 @@ def tiny_tes(comfyui: ComfyUISession, module_models: Path) -> dict[str, Path]:
 
     In the module's own models root: these snapshots hold only a text encoder, and under the release
     names in the shared root they would hide complete snapshot fixtures of other modules."""
-    fixture = comfyui.pack("bonsai_core.te_fixture")
+    fixture = comfyui.pack("bonsai_tools.synth")
     tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
     bonsai = module_models / "bonsai"
     out = {

@@ -70,7 +70,7 @@ def test_buffers_follow_to_and_scales_keep_their_dtype(comfyui, loader_mod):
 
 def test_combo_lists_canonical_files_and_snapshot_folders(comfyui, loader_mod):
     canonical, dense = comfyui.tiny_model("binary")
-    fixtures = comfyui.pack("bonsai_core.fixtures")
+    fixtures = comfyui.pack("bonsai_tools.synth")
     fixtures.make_fixture("binary", "tiny", "gemlite", 0, comfyui.models_dir / "bonsai" / "tiny-binary-gemlite")
     options = comfyui.node_class("BonsaiModelLoader").GET_NODE_INFO_V1()["input"]["required"]["model_name"][1]["options"]
     assert canonical in options
@@ -80,7 +80,7 @@ def test_combo_lists_canonical_files_and_snapshot_folders(comfyui, loader_mod):
 
 def test_snapshot_folder_packs_on_the_fly_to_the_same_model(comfyui):
     canonical, _ = comfyui.tiny_model("binary")
-    fixtures = comfyui.pack("bonsai_core.fixtures")
+    fixtures = comfyui.pack("bonsai_tools.synth")
     folder = comfyui.models_dir / "bonsai" / "tiny-binary-gemlite"
     if not folder.exists():
         fixtures.make_fixture("binary", "tiny", "gemlite", 0, folder)
@@ -188,7 +188,7 @@ def test_unresolved_weight_function_on_packed_layer_is_an_error(comfyui, loader_
 def test_replaced_file_reloads_and_is_revalidated(comfyui):
     import os
 
-    fixtures = comfyui.pack("bonsai_core.fixtures")
+    fixtures = comfyui.pack("bonsai_tools.synth")
     d = comfyui.models_dir / "diffusion_models"
     path = d / "swap.safetensors"
     try:
@@ -211,7 +211,7 @@ def test_replaced_file_reloads_and_is_revalidated(comfyui):
 
 def test_names_outside_the_models_folders_are_refused(comfyui, loader_mod, tmp_path):
     # A real snapshot outside every models folder: joined to models/bonsai, "/abs/" or "../x/" would reach it.
-    fixtures = comfyui.pack("bonsai_core.fixtures")
+    fixtures = comfyui.pack("bonsai_tools.synth")
     outside = tmp_path / "outside-snapshot"
     fixtures.make_fixture("binary", "tiny", "gemlite", 0, outside)
     canonical, _ = comfyui.tiny_model("binary")

@@ -24,8 +24,8 @@ from lora_fixtures import (
 )
 
 from bonsai_core.canonical import save_canonical
-from bonsai_core.fixtures import synthetic_checkpoint
 from bonsai_core.packing import PackedWeight
+from bonsai_tools.synth import synthetic_checkpoint
 
 pytestmark = pytest.mark.comfyui
 

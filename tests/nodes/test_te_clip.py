@@ -159,7 +159,7 @@ def test_full_size_config_is_stock_qwen3_4b(te_node, te_formats) -> None:  # noq
 def comfyui_te_fixture_4b(te_formats: ModuleType) -> dict:
     import importlib
 
-    fixture = importlib.import_module(te_formats.__name__.rsplit(".", 1)[0] + ".te_fixture")
+    fixture = importlib.import_module("bonsai_tools.synth")
     return json.loads(json.dumps(fixture.QWEN3_4B_CONFIG))
 
 
@@ -242,7 +242,7 @@ def test_unpacked_release_bf16_text_encoder_is_listed_and_loads(comfyui, module_
     # The unpacked releases ship a diffusers text_encoder/ (bf16 Qwen3, sharded): listed by the loader, so it must load.
     from safetensors.torch import load_file
 
-    snapshot = comfyui.pack("bonsai_core.snapshot_fixture")
+    snapshot = comfyui.pack("bonsai_tools.synth")
     tok = comfyui.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
     folder = snapshot.make_snapshot_fixture("binary", "unpacked", module_models / "bonsai", size="tiny", seed=3, tokenizer_src=tok)
     label = f"bonsai/{folder.name}/text_encoder"

@@ -11,14 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from bonsai_core.snapshot_fixture import make_snapshot_fixture, snapshot_repo_name
-from bonsai_core.vae_fixture import (
-    FULL_BLOCK_OUT,
-    RELEASED_VAE_CONFIG,
-    VAE_WEIGHTS_NAME,
-    make_vae_fixture,
-    vae_tensor_shapes,
-)
+from bonsai_core.vae import RELEASED_VAE_CONFIG, VAE_BLOCK_OUT, VAE_WEIGHTS_NAME, vae_tensor_shapes
+from bonsai_tools.synth import make_snapshot_fixture, make_vae_fixture, snapshot_repo_name
 
 pytestmark = pytest.mark.comfyui
 
@@ -31,7 +25,7 @@ pytestmark = pytest.mark.comfyui
 def test_full_vae_layout_matches_the_release() -> None:
     """The released vae/: 251 tensors (250 bf16 + int64 bn.num_batches_tracked), 84,046,115 parameters
     (the two BatchNorm running-stat buffers excluded), 168,120,878 bytes on disk."""
-    shapes = vae_tensor_shapes(FULL_BLOCK_OUT)
+    shapes = vae_tensor_shapes(VAE_BLOCK_OUT)
     assert len(shapes) == 251
     buffers = {"bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
     assert sum(math.prod(s) for k, s in shapes.items() if k not in buffers) == 84_046_115

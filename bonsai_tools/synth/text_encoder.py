@@ -1,26 +1,27 @@
-"""Writers for the released 4-bit text encoder layouts, and random fixtures in them.
+"""Synthetic Qwen3 text encoders in the released layouts: 4-bit HQQ (CUDA releases), 4-bit MLX
+(Apple releases) and sharded bf16 (unpacked releases).
 
 ``write_hqq`` produces exactly what HQQ's ``save_quantized`` writes (``config.json`` with
 ``architectures`` + ``qmodel.pt`` of raw per-module state dicts, ``encoded_state_dict=False``);
 ``write_mlx`` what mlx-lm writes (``config.json`` with ``quantization`` + one
-``model.safetensors``, uint32 words, ``model.`` prefix, quantized embedding). Fixtures are
-random but valid: codes uniform in 0..15, scales/offsets around a realistic weight scale.
+``model.safetensors``, uint32 words, ``model.`` prefix, quantized embedding); ``write_dense_te``
+what ``save_pretrained`` writes for a bf16 ``Qwen3ForCausalLM``. Weights are random but valid:
+4-bit codes uniform in 0..15, scales/offsets around a realistic weight scale. Names, group size
+and shapes come from the runtime's readers (``bonsai_core.te_formats``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .atomic import atomic_path
-from .safetensors_io import TensorSpec, write_safetensors
-from .te_formats import (
+from bonsai_core.atomic import atomic_path
+from bonsai_core.safetensors_io import TensorSpec, write_safetensors
+from bonsai_core.te_formats import (
     HQQ_FILE,
     MLX_FILE,
     TE_GROUP_SIZE,
@@ -30,6 +31,8 @@ from .te_formats import (
     expected_dense_shapes,
     expected_linear_shapes,
 )
+
+from .files import write_json, write_tokenizer
 
 _QWEN3_COMMON: dict[str, Any] = {
     "model_type": "qwen3",
@@ -78,25 +81,6 @@ QWEN3_TINY_CONFIG: dict[str, Any] = {
 
 TE_CONFIGS = {"tiny": QWEN3_TINY_CONFIG, "full": QWEN3_4B_CONFIG}
 
-# A Qwen3-style chat template (the branch FLUX.2 Klein uses: one user message, generation
-# prompt, thinking disabled) for fixtures' tokenizer folders.
-FIXTURE_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
-)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
 
 def write_hqq(te: TEWeights, out_dir: str | os.PathLike[str], *, prefix: str = "model.", lm_head: str = "tied") -> Path:
     """Write ``te`` (HQQ-layout packed weights) as HQQ's ``save_quantized`` does.
@@ -138,7 +122,7 @@ def write_hqq(te: TEWeights, out_dir: str | os.PathLike[str], *, prefix: str = "
     if lm_head == "tied":
         weights["lm_head"] = {"weight": te.dense["model.embed_tokens.weight"]}
     config = {**te.config, "architectures": ["Qwen3ForCausalLM" if prefix else "Qwen3Model"]}
-    _write_json(out / "config.json", config)
+    write_json(out / "config.json", config)
     with atomic_path(out / HQQ_FILE) as tmp:
         torch.save(weights, tmp)
     return out
@@ -166,12 +150,12 @@ def write_mlx(te: TEWeights, out_dir: str | os.PathLike[str]) -> Path:
         specs.append(TensorSpec(name, t.dtype, tuple(t.shape), _const(t)))
     specs.sort(key=lambda s: s.name)
     quant = {"group_size": TE_GROUP_SIZE, "bits": 4}
-    _write_json(
+    write_json(
         out / "config.json", {**te.config, "architectures": ["Qwen3ForCausalLM"], "quantization": quant, "quantization_config": quant}
     )
     size = write_safetensors(out / MLX_FILE, specs, metadata={"format": "mlx"})
     index = {"metadata": {"total_size": size}, "weight_map": {s.name: MLX_FILE for s in specs}}
-    _write_json(out / (MLX_FILE + ".index.json"), index)
+    write_json(out / (MLX_FILE + ".index.json"), index)
     return out
 
 
@@ -223,23 +207,44 @@ def make_te_fixture(
     (``tiny``/``full``) into ``out_dir`` (the ``text_encoder-*-4bit`` folder itself).
 
     ``tokenizer_src``: a Qwen tokenizer folder (vocab.json/merges.txt/...) to ship alongside, as
-    the releases do (``tokenizer/`` for HQQ, the folder itself for MLX), with a Qwen3-style
-    ``chat_template.jinja``.
+    the releases do (``tokenizer/`` for HQQ, the folder itself for MLX; see :func:`.files.write_tokenizer`).
     """
     if fmt not in ("hqq", "mlx") or size not in TE_CONFIGS:
         raise ValueError(f"fmt must be hqq|mlx and size tiny|full, got {fmt!r}, {size!r}")
     te = random_te(TE_CONFIGS[size], fmt, seed)
     out = write_hqq(te, out_dir, prefix=hqq_prefix) if fmt == "hqq" else write_mlx(te, out_dir)
-    if tokenizer_src is not None:
-        tok_dir = out / "tokenizer" if fmt == "hqq" else out
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        for f in Path(tokenizer_src).iterdir():
-            if f.is_file() and f.name != "config.json":
-                shutil.copyfile(f, tok_dir / f.name)
-        tok_cfg = tok_dir / "tokenizer_config.json"
-        if tok_cfg.is_file():  # the template lives in chat_template.jinja, as in Qwen3 releases
-            data = json.loads(tok_cfg.read_text())
-            data.pop("chat_template", None)
-            _write_json(tok_cfg, data)
-        (tok_dir / "chat_template.jinja").write_text(FIXTURE_CHAT_TEMPLATE)
+    if tokenizer_src is not None:  # the releases ship it in tokenizer/ (HQQ) or beside the weights (MLX)
+        write_tokenizer(tokenizer_src, out / "tokenizer" if fmt == "hqq" else out)
+    return out
+
+
+DENSE_TE_SHARDS = 2  # the unpacked releases ship the bf16 Qwen3 as index + shards, as transformers saves it
+
+
+def write_dense_te(config: dict[str, Any], seed: int, out_dir: str | os.PathLike[str]) -> Path:
+    """A random bf16 ``Qwen3ForCausalLM`` folder as ``save_pretrained`` writes it (tied embeddings: no ``lm_head``):
+    ``config.json`` + ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``."""
+    shapes = {**expected_dense_shapes(config), **expected_linear_shapes(config)}
+    gen = torch.Generator().manual_seed(seed)
+
+    def produce(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if len(shape) == 1:  # RMSNorm gains
+            return (1 + 0.05 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        return (torch.randn(shape, generator=gen) / shape[1] ** 0.5).to(torch.bfloat16)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(shapes)
+    weight_map: dict[str, str] = {}
+    total = 0
+    per = -(-len(names) // DENSE_TE_SHARDS)
+    for i in range(DENSE_TE_SHARDS):
+        fname = f"model-{i + 1:05d}-of-{DENSE_TE_SHARDS:05d}.safetensors"
+        part = names[i * per : (i + 1) * per]
+        specs = [TensorSpec(n, torch.bfloat16, shapes[n], lambda n=n: produce(n, shapes[n])) for n in part]
+        write_safetensors(out / fname, specs, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+        total += sum(2 * torch.Size(shapes[n]).numel() for n in part)
+    write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(out / "config.json", {**config, "architectures": ["Qwen3ForCausalLM"]})
     return out

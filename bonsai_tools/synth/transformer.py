@@ -1,33 +1,27 @@
-"""Deterministic synthetic Bonsai transformers in every released layout.
+"""Synthetic Bonsai transformers in every layout the runtime can write (canonical, gemlite, mlx,
+unpacked, gguf).
 
-A fixture is a lazy :class:`BonsaiCheckpoint` whose every tensor is generated from
-``sha256(seed, key)``, so each layer can be produced on its own (a full Klein 4B fixture streams
-to disk one layer at a time) and the same seed always gives the same bytes. Files are written by
-the same writers ``convert`` uses, so fixtures exercise the code paths real files take.
-
-Values mimic the release: scales are bf16 values in [2^-8, 2^-3) (exact in bf16, fp16 and fp32,
-so every layout holds them losslessly), codes uniform over {-s, +s} or {-s, 0, +s}, dense edge
-linears bf16 ~ N(0, 1/in), QK-norm scales bf16 near 1.
+A fixture is a lazy :class:`BonsaiCheckpoint` whose every tensor comes from its own seeded stream
+(:mod:`.seeded`), written by the runtime's own writers (``bonsai_core.convert``), so fixtures take
+the code paths real files take. Values mimic the release: scales are bf16 values in [2^-8, 2^-3)
+(exact in bf16, fp16 and fp32, so every layout holds them losslessly), codes uniform over
+{-s, +s} or {-s, 0, +s}, dense edge linears bf16 ~ N(0, 1/in), QK-norm scales bf16 near 1.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoint import BonsaiCheckpoint, BonsaiMeta
-from .klein import GROUP_SIZE, KLEIN_4B, KLEIN_TINY, KleinConfig
-from .packing import VARIANT_BITS, PackedWeight, pack_codes
+from bonsai_core.checkpoint import BonsaiCheckpoint, BonsaiMeta
+from bonsai_core.klein import GROUP_SIZE, KleinConfig
+from bonsai_core.packing import VARIANT_BITS, PackedWeight, pack_codes
 
-SIZES: dict[str, KleinConfig] = {"tiny": KLEIN_TINY, "full": KLEIN_4B}
+from .seeded import klein_config, tensor_generator
 
-
-def _generator(seed: int, key: str) -> torch.Generator:
-    digest = hashlib.sha256(f"bonsai-fixture:{seed}:{key}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+_NAMESPACE = "bonsai-fixture"
 
 
 def synthetic_scales(n: int, groups: int, g: torch.Generator) -> torch.Tensor:
@@ -38,7 +32,7 @@ def synthetic_scales(n: int, groups: int, g: torch.Generator) -> torch.Tensor:
 
 
 def synthetic_packed(key: str, n: int, k: int, bits: int, seed: int) -> PackedWeight:
-    g = _generator(seed, key)
+    g = tensor_generator(_NAMESPACE, seed, key)
     if bits == 1:
         codes = torch.randint(0, 256, (n, k // 8), generator=g, dtype=torch.uint8)  # every bit pattern is valid
     else:
@@ -47,7 +41,7 @@ def synthetic_packed(key: str, n: int, k: int, bits: int, seed: int) -> PackedWe
 
 
 def synthetic_dense(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    g = _generator(seed, key)
+    g = tensor_generator(_NAMESPACE, seed, key)
     if len(shape) == 1:  # QK-norm scale
         return (1 + 0.05 * torch.randn(shape, generator=g)).to(torch.bfloat16)
     return (torch.randn(shape, generator=g) / shape[1] ** 0.5).to(torch.bfloat16)
@@ -57,13 +51,8 @@ def synthetic_checkpoint(variant: str, size: str | KleinConfig = "tiny", seed: i
     """A lazy, deterministic Bonsai checkpoint (BFL names) of the given variant and geometry."""
     if variant not in VARIANT_BITS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_BITS)}")
-    if isinstance(size, str):
-        if size not in SIZES:
-            raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
-        cfg = SIZES[size]
-    else:
-        cfg = size
-    from .formats.layout import bfl_expected_shapes
+    cfg = klein_config(size)
+    from bonsai_core.formats.layout import bfl_expected_shapes
 
     q_shapes, d_shapes = bfl_expected_shapes(cfg)
     bits = VARIANT_BITS[variant]
@@ -81,10 +70,10 @@ def synthetic_checkpoint(variant: str, size: str | KleinConfig = "tiny", seed: i
 
 
 def make_fixture(variant: str, size: str, fmt: str, seed: int, out: str | os.PathLike[str]) -> Path:
-    """Write a synthetic checkpoint in ``fmt`` (canonical, gemlite, mlx, unpacked, gguf) to ``out``.
+    """Write a synthetic transformer in ``fmt`` (any format the runtime writes) to ``out``.
 
     Folder layouts (gemlite, and mlx/unpacked unless ``out`` ends in ``.safetensors``) produce a
     released snapshot root with the transformer pack folder inside. Returns the written path."""
-    from .convert import write_checkpoint
+    from bonsai_core.convert import write_checkpoint
 
     return write_checkpoint(synthetic_checkpoint(variant, size, seed), out, fmt)

@@ -1,35 +1,32 @@
-"""Synthetic FLUX.2 VAE folders in the exact diffusers ``AutoencoderKLFlux2`` layout.
+"""The FLUX.2 VAE as every Bonsai release ships it: file names, config, latent geometry, tensor shapes.
 
-Every Bonsai release ships the standard FLUX.2 VAE as ``vae/config.json`` +
-``vae/diffusion_pytorch_model.safetensors`` (251 tensors: 250 bf16 + the int64
-``bn.num_batches_tracked``, 84,046,115 parameters). The fixtures here reproduce that key set
-with random weights so the loader can be tested without downloading anything.
+A release's ``vae/`` folder is the standard diffusers ``AutoencoderKLFlux2``: ``config.json`` +
+``diffusion_pytorch_model.safetensors`` with 251 tensors (250 bf16 + the int64
+``bn.num_batches_tracked``, 84,046,115 parameters). The loader validates a folder against these
+facts before ComfyUI builds the model; the synthetic-release generator writes folders from them.
 
-``size="full"`` is the released geometry. ``size="tiny"`` keeps the same 251 keys and the
-full-width encoder but narrows the decoder: ComfyUI (``comfy/sd.py`` ``VAE.__init__``) hard-codes
-the encoder width (``ch=128``) and infers only the decoder width from
-``decoder.conv_in.weight``, so the encoder cannot shrink, the decoder can.
+Two channel counts matter and are easy to confuse:
+
+* :data:`VAE_LATENT_CHANNELS` (32): channels of the VAE's own latent, one per pixel of the 8x
+  downscaled image;
+* :data:`FLUX2_LATENT_CHANNELS` (128): what the FLUX.2 transformer and ComfyUI's ``LATENT`` carry,
+  the VAE latent folded by a 2x2 patch (4 x 32), so one latent pixel covers 16x16 image pixels
+  (:data:`FLUX2_DOWNSCALE`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from .atomic import atomic_path
-from .safetensors_io import TensorSpec, write_safetensors
-
+VAE_FOLDER = "vae"  # the component folder inside a release snapshot
 VAE_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 VAE_CONFIG_NAME = "config.json"
 VAE_CLASS_NAME = "AutoencoderKLFlux2"
-LATENT_CHANNELS = 32  # per 2x2 patch; the DiT sees 4 x 32 = 128 channels
-FULL_BLOCK_OUT = (128, 256, 512, 512)
-TINY_DECODER_BLOCK_OUT = (32, 64, 128, 128)
-VAE_SIZES = ("tiny", "full")
+VAE_LATENT_CHANNELS = 32
+VAE_PATCH = 2  # the latent is folded 2x2 before the transformer sees it
+FLUX2_LATENT_CHANNELS = VAE_PATCH * VAE_PATCH * VAE_LATENT_CHANNELS
+FLUX2_DOWNSCALE = 16  # image pixels per latent pixel, per side (8x VAE x 2x patch)
+VAE_BLOCK_OUT = (128, 256, 512, 512)  # encoder (and released decoder) widths
 
 # The released vae/config.json of every FLUX.2 (Klein) pipeline.
 RELEASED_VAE_CONFIG: dict[str, Any] = {
@@ -37,16 +34,16 @@ RELEASED_VAE_CONFIG: dict[str, Any] = {
     "act_fn": "silu",
     "batch_norm_eps": 0.0001,
     "batch_norm_momentum": 0.1,
-    "block_out_channels": list(FULL_BLOCK_OUT),
+    "block_out_channels": list(VAE_BLOCK_OUT),
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "force_upcast": True,
     "in_channels": 3,
-    "latent_channels": LATENT_CHANNELS,
+    "latent_channels": VAE_LATENT_CHANNELS,
     "layers_per_block": 2,
     "mid_block_add_attention": True,
     "norm_num_groups": 32,
     "out_channels": 3,
-    "patch_size": [2, 2],
+    "patch_size": [VAE_PATCH, VAE_PATCH],
     "sample_size": 1024,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
     "use_post_quant_conv": True,
@@ -81,9 +78,9 @@ def _mid_block(out: dict[str, tuple[int, ...]], prefix: str, ch: int) -> None:
 
 
 def vae_tensor_shapes(
-    block_out_channels: tuple[int, ...] = FULL_BLOCK_OUT,
+    block_out_channels: tuple[int, ...] = VAE_BLOCK_OUT,
     decoder_block_out_channels: tuple[int, ...] | None = None,
-    latent_channels: int = LATENT_CHANNELS,
+    latent_channels: int = VAE_LATENT_CHANNELS,
     layers_per_block: int = 2,
 ) -> dict[str, tuple[int, ...]]:
     """Every tensor of a diffusers ``AutoencoderKLFlux2`` state dict -> shape, in module order."""
@@ -128,75 +125,7 @@ def vae_tensor_shapes(
     out["post_quant_conv.weight"] = (latent_channels, latent_channels, 1, 1)
     out["post_quant_conv.bias"] = (latent_channels,)
     # Latent BatchNorm over the 2x2-patchified latent (affine=False: running stats only).
-    out["bn.running_mean"] = (4 * latent_channels,)
-    out["bn.running_var"] = (4 * latent_channels,)
+    out["bn.running_mean"] = (VAE_PATCH * VAE_PATCH * latent_channels,)
+    out["bn.running_var"] = (VAE_PATCH * VAE_PATCH * latent_channels,)
     out["bn.num_batches_tracked"] = ()
-    return out
-
-
-def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """Random weights scaled so activations neither explode nor vanish through ~30 convs.
-
-    Norm gains near 1 and small biases keep each block near unit variance; convs and linears get
-    1/sqrt(fan_in) scaling. The decoder's last conv is amplified so the decoded image has visible
-    structure (the tests check the output is not blank).
-    """
-    if name == "bn.num_batches_tracked":
-        return torch.tensor(0, dtype=torch.int64)
-    if name == "bn.running_var":
-        return (0.5 + torch.rand(shape, generator=gen)).to(torch.bfloat16)
-    if name == "bn.running_mean":
-        return (0.1 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
-    leaf = name.rsplit(".", 1)[-1]
-    is_norm = any(part in name for part in ("norm1.", "norm2.", "group_norm.", "conv_norm_out."))
-    if is_norm and leaf == "weight":
-        t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-    elif leaf == "bias":
-        t = 0.02 * torch.randn(shape, generator=gen)
-    else:
-        fan_in = 1
-        for d in shape[1:]:
-            fan_in *= d
-        t = torch.randn(shape, generator=gen) / fan_in**0.5
-        if name == "decoder.conv_out.weight":
-            t = t * 1.5
-    return t.to(torch.bfloat16)
-
-
-def vae_fixture_config(size: str) -> dict[str, Any]:
-    """The ``config.json`` a fixture of this size carries."""
-    if size not in VAE_SIZES:
-        raise ValueError(f"unknown VAE fixture size {size!r}; expected one of {VAE_SIZES}")
-    cfg = dict(RELEASED_VAE_CONFIG)
-    if size == "tiny":
-        # Not a released key: records the narrowed decoder so the folder stays self-describing.
-        cfg["decoder_block_out_channels"] = list(TINY_DECODER_BLOCK_OUT)
-    return cfg
-
-
-def make_vae_fixture(size: str, seed: int, out_dir: str | os.PathLike[str]) -> Path:
-    """Write a random FLUX.2 VAE folder (``config.json`` + ``diffusion_pytorch_model.safetensors``).
-
-    ``size`` is ``"tiny"`` (full encoder, narrow decoder: ~70 MB) or ``"full"`` (the released
-    geometry, ~168 MB). Deterministic for a given ``seed``. Returns ``out_dir``.
-    """
-    cfg = vae_fixture_config(size)
-    dec = TINY_DECODER_BLOCK_OUT if size == "tiny" else None
-    shapes = vae_tensor_shapes(FULL_BLOCK_OUT, dec)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    # The generator is consumed in file order, so produce() must run in spec order (write_safetensors does).
-    specs = [
-        TensorSpec(
-            name,
-            torch.int64 if name == "bn.num_batches_tracked" else torch.bfloat16,
-            shape,
-            lambda name=name, shape=shape: _random_tensor(name, shape, gen),
-        )
-        for name, shape in shapes.items()
-    ]
-    write_safetensors(out / VAE_WEIGHTS_NAME, specs, metadata={"format": "pt"})
-    with atomic_path(out / VAE_CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out

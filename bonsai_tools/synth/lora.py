@@ -3,22 +3,23 @@
 A LoRA here is what trainers save: ``<module>.lora_A.weight`` ``[rank, in]`` (down) and
 ``<module>.lora_B.weight`` ``[out, rank]`` (up), bf16, plus ``<module>.alpha``, for every packed
 (quantized) linear of the given geometry, under BFL module names with ComfyUI's
-``diffusion_model.`` prefix (the form ``comfy.lora.model_lora_keys_unet`` maps for FLUX.2).
+``diffusion_model.`` prefix (the form ComfyUI's LoRA key mapping accepts for FLUX.2).
 Values are deterministic per (seed, module) and large enough to visibly change a sample.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-from .klein import KLEIN_4B, KLEIN_TINY, KleinConfig, bfl_quantized_layers, diffusers_quantized_linears
-from .safetensors_io import TensorSpec, write_safetensors
+from bonsai_core.klein import KleinConfig, bfl_quantized_layers, diffusers_quantized_linears
+from bonsai_core.safetensors_io import TensorSpec, write_safetensors
 
-SIZES: dict[str, KleinConfig] = {"tiny": KLEIN_TINY, "full": KLEIN_4B}
+from .seeded import klein_config, tensor_generator
+
+_NAMESPACE = "bonsai-lora-fixture"
 
 
 def lora_targets(cfg: KleinConfig) -> dict[str, tuple[int, int]]:
@@ -30,14 +31,9 @@ def lora_targets(cfg: KleinConfig) -> dict[str, tuple[int, int]]:
     }
 
 
-def _generator(seed: int, name: str) -> torch.Generator:
-    digest = hashlib.sha256(f"bonsai-lora-fixture:{seed}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
 def lora_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """One deterministic LoRA factor: N(0, 1/fan_in) so ``up @ down`` has entries ~ 1/sqrt(in)."""
-    g = _generator(seed, name)
+    g = tensor_generator(_NAMESPACE, seed, name)
     return (torch.randn(shape, generator=g) / shape[-1] ** 0.5).to(torch.bfloat16)
 
 
@@ -55,8 +51,7 @@ def lora_specs(cfg: KleinConfig, rank: int, seed: int = 0, alpha: float | None =
 
 def make_lora_fixture(out: str | os.PathLike[str], size: str | KleinConfig = "tiny", rank: int = 4, seed: int = 0) -> Path:
     """Write a synthetic LoRA for the given geometry (``"tiny"``, ``"full"`` or a KleinConfig); returns the path."""
-    cfg = SIZES[size] if isinstance(size, str) else size
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_safetensors(path, lora_specs(cfg, rank, seed), {"bonsai_fixture": "lora", "rank": str(rank), "seed": str(seed)})
+    write_safetensors(path, lora_specs(klein_config(size), rank, seed), {"bonsai_fixture": "lora", "rank": str(rank), "seed": str(seed)})
     return path
