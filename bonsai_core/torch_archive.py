@@ -56,7 +56,7 @@ def check_archive(path: str | os.PathLike[str]) -> None:
                     names.add(info.filename)
         except zipfile.BadZipFile as e:
             raise BonsaiFormatError(
-                p, None, f"not a torch.save zip archive ({e}); only archives written by torch.save (torch >= 1.6) are read"
+                p, None, f"not a torch.save zip archive ({e}): truncated or corrupt download, or a raw pickle (only torch.save archives are read)"
             ) from e
         except (OSError, EOFError, ValueError, struct.error) as e:
             raise BonsaiFormatError(p, None, f"corrupt zip archive: {e}") from e

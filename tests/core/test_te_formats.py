@@ -4,7 +4,6 @@ documented formula, and clear errors for bad files. No ComfyUI needed."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from bonsai_core.te_formats import (
     expected_linear_shapes,
     pack_nibbles,
     read_hqq,
-    read_mlx,
     read_te,
+    read_te_mlx,
     resolve_te_folder,
     unpack_nibbles,
 )
@@ -73,7 +72,7 @@ def test_hqq_round_trip(tmp_path: Path, prefix: str, lm_head: str) -> None:
 def test_mlx_round_trip(tmp_path: Path) -> None:
     te = random_te(MINI, "mlx", seed=2)
     write_mlx(te, tmp_path)
-    back = read_mlx(tmp_path)
+    back = read_te_mlx(tmp_path)
     _assert_same(te, back)
     # the embedding is quantized in MLX releases; every linear is uint32 words
     assert "model.embed_tokens.weight" in back.packed
@@ -107,7 +106,7 @@ def test_mlx_dequant_matches_mlx(tmp_path: Path, dtype: str) -> None:
             arrays[name] = mx.ones(shape, dtype=mdt)
     mx.save_safetensors(str(tmp_path / "model.safetensors"), arrays)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "quantization": {"group_size": 64, "bits": 4}}))
-    te = read_mlx(tmp_path)
+    te = read_te_mlx(tmp_path)
     tdt = getattr(torch, dtype)
     for name, ref in want.items():
         got = te.packed[name].dequantize(tdt).float().numpy()
@@ -230,16 +229,32 @@ def _mini_hqq(tmp_path: Path) -> Path:
 
 
 class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):  # noqa: ANN204
-        return (os.system, ("echo pwned",))
+        return (Path.touch, (self.marker,))
 
 
 def test_hqq_malicious_pickle_refused(tmp_path: Path) -> None:
+    """Inside a torch.save archive the weights-only unpickler refuses the payload before it runs."""
     folder = _mini_hqq(tmp_path)
-    with open(folder / "qmodel.pt", "wb") as f:
-        pickle.dump({"model.embed_tokens": _Evil()}, f, protocol=2)
-    with pytest.raises(BonsaiFormatError, match="qmodel.pt.*refused to unpickle"):
+    marker = tmp_path / "pwned"
+    torch.save({"model.embed_tokens": _Evil(marker)}, folder / "qmodel.pt")
+    with pytest.raises(BonsaiFormatError, match="qmodel.pt.*refusing to unpickle"):
         read_hqq(folder)
+    assert not marker.exists()
+
+
+def test_hqq_raw_pickle_refused_before_unpickling(tmp_path: Path) -> None:
+    """A bare pickle stream (no torch.save archive) is refused from its first bytes, never unpickled."""
+    folder = _mini_hqq(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(folder / "qmodel.pt", "wb") as f:
+        pickle.dump({"model.embed_tokens": _Evil(marker)}, f, protocol=2)
+    with pytest.raises(BonsaiFormatError, match="qmodel.pt.*not a torch.save zip archive"):
+        read_hqq(folder)
+    assert not marker.exists()
 
 
 def test_hqq_truncated(tmp_path: Path) -> None:
@@ -279,15 +294,15 @@ def test_mlx_bad_files(tmp_path: Path) -> None:
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "quantization": {"group_size": 64, "bits": 8}}))
     with pytest.raises(BonsaiFormatError, match="bits=8"):
-        read_mlx(tmp_path)
+        read_te_mlx(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[:-1000])
     with pytest.raises(BonsaiFormatError, match="truncated"):
-        read_mlx(tmp_path)
+        read_te_mlx(tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(BonsaiFormatError, match="config.json is missing"):
-        read_mlx(tmp_path)
+        read_te_mlx(tmp_path)
 
 
 def test_not_a_te_folder(tmp_path: Path) -> None:
@@ -320,7 +335,7 @@ def _mlx_folder(tmp_path: Path, override: dict[str, dict[str, int]]) -> dict[str
 def test_mlx_per_layer_group_size_is_read_from_shapes(tmp_path: Path) -> None:
     name = "model.layers.1.mlp.down_proj.weight"
     want = _mlx_folder(tmp_path, {name: {"group_size": 32}})
-    te = read_mlx(tmp_path)
+    te = read_te_mlx(tmp_path)
     assert te.packed[name].group_size == 32
     np.testing.assert_array_equal(te.packed[name].dequantize(torch.bfloat16).float().numpy(), want[name])
 
@@ -328,5 +343,5 @@ def test_mlx_per_layer_group_size_is_read_from_shapes(tmp_path: Path) -> None:
 def test_mlx_other_bit_width_is_refused(tmp_path: Path) -> None:
     _mlx_folder(tmp_path, {"model.layers.0.self_attn.v_proj.weight": {"bits": 8}})
     with pytest.raises(BonsaiFormatError) as e:
-        read_mlx(tmp_path)
+        read_te_mlx(tmp_path)
     assert e.value.tensor == "model.layers.0.self_attn.v_proj.weight" and "8-bit codes" in str(e.value)

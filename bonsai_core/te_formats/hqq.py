@@ -1,0 +1,129 @@
+"""HQQ text encoders (``text_encoder-hqq-4bit/``, the CUDA releases), read without dequantizing.
+
+``qmodel.pt`` = ``torch.save({leaf_module_name: module.state_dict()})`` written by HQQ's
+``save_quantized``. A quantized linear holds ``W_q`` uint8 ``[N*K/64/2, 64]`` (``4bit_u8``: the
+rows of the ``(N*K/64, 64)`` group matrix, first half in the high nibble), fp16 ``scale`` /
+``zero`` ``(N*K/64, 1)``, ``axis=1``, and ``W = (q - zero) * scale``. Plain modules hold
+``{"weight": ...}``. The archive is checked and loaded by :mod:`bonsai_core.torch_archive`
+(stored entries only, bounded pickle, ``weights_only``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BonsaiFormatError
+from ..packing import check_dense_values
+from ..torch_archive import load_archive
+from .config import check_complete, read_config
+from .packed import Packed4Bit, TEWeights, check_te_values, pack_nibbles, unpack_nibbles
+
+HQQ_FILE = "qmodel.pt"
+MAX_DIM = 1 << 20  # a Qwen3 linear or embedding dimension (the vocabulary, 151,936, is the largest)
+
+
+def hqq_unpack_to_codes(w_q: torch.Tensor, shape: tuple[int, int], group_size: int) -> torch.Tensor:
+    """HQQ ``4bit_u8`` ``[N*K/gs/2, gs]`` (axis=1) -> our codes ``[N, K/2]``."""
+    n, k = shape
+    q = torch.cat((w_q >> 4, w_q & 15), dim=0)  # (N*K/gs, gs): the group matrix, row-major over W
+    return pack_nibbles(q.reshape(n, k))
+
+
+def codes_to_hqq_packed(codes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Inverse of :func:`hqq_unpack_to_codes`."""
+    q = unpack_nibbles(codes).reshape(-1, group_size)
+    half = q.shape[0] // 2
+    return (q[:half] << 4) | q[half:]
+
+
+def _meta_str(v: Any) -> Any:
+    # HQQ's encoded state dicts store strings as uint8 code points
+    if isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 1:
+        return "".join(chr(int(c)) for c in v)
+    return v
+
+
+def _meta_int(v: Any) -> Any:
+    return int(v.item()) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+
+
+def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
+    packing = _meta_str(entry.get("packing"))
+    nbits, axis, gs = (_meta_int(entry.get(k)) for k in ("nbits", "axis", "group_size"))
+    if packing != "4bit_u8" or nbits != 4:
+        raise BonsaiFormatError(file, name, f"HQQ packing {packing!r} / nbits {nbits!r} is not 4bit_u8 / 4")
+    if axis != 1:
+        raise BonsaiFormatError(file, name, f"HQQ axis={axis}; only axis=1 (groups along in_features) is supported")
+    if _meta_int(entry.get("quant_scale")) or _meta_int(entry.get("quant_zero")):
+        raise BonsaiFormatError(file, name, "quantized HQQ scales/zeros are not supported")
+    shape = entry.get("shape")
+    if isinstance(shape, torch.Tensor) and shape.numel() == 2 and not shape.is_floating_point():
+        shape = tuple(int(x) for x in shape.tolist())
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(type(x) is int and 0 < x <= MAX_DIM for x in shape):
+        raise BonsaiFormatError(file, name, f"HQQ shape {str(shape)[:80]} is not two positive integers up to {MAX_DIM}")
+    n, k = shape
+    if type(gs) is not int or gs <= 0 or k % gs or (n * k // gs) % 2:
+        raise BonsaiFormatError(file, name, f"group size {gs!r} does not divide shape [{n}, {k}] into an even number of groups")
+    w_q = entry.get("W_q")
+    if not isinstance(w_q, torch.Tensor):
+        raise BonsaiFormatError(file, name, "HQQ entry has no W_q tensor")
+    w_q = w_q.detach()
+    if _meta_int(entry.get("view_as_float")):
+        w_q = w_q.view(torch.uint8)
+    if w_q.dtype != torch.uint8 or tuple(w_q.shape) != (n * k // gs // 2, gs):
+        raise BonsaiFormatError(file, name, f"W_q is {w_q.dtype} {list(w_q.shape)}, expected uint8 {[n * k // gs // 2, gs]}")
+    if "zero_scale" in entry:  # offload_meta stores them stacked
+        zero, scale = entry["zero_scale"][0], entry["zero_scale"][1]
+    else:
+        scale, zero = entry.get("scale"), entry.get("zero")
+    groups = n * k // gs
+    for what, t in (("scale", scale), ("zero", zero)):
+        if not isinstance(t, torch.Tensor) or t.numel() != groups or not t.is_floating_point():
+            raise BonsaiFormatError(file, name, f"HQQ {what} must be a float tensor of {groups} values, got {getattr(t, 'shape', t)!r}")
+    if entry.get("bias") is not None:
+        raise BonsaiFormatError(file, name, "HQQ linear has a bias; Qwen3 linears have none")
+    return Packed4Bit(
+        hqq_unpack_to_codes(w_q, (n, k), gs),
+        # copies, not views: a view would keep the whole memory-mapped qmodel.pt (incl. the raw W_q) alive
+        scale.detach().reshape(n, k // gs).clone(),
+        zero.detach().reshape(n, k // gs).clone(),
+        "hqq",
+        gs,
+    )
+
+
+def read_hqq(folder: str | os.PathLike[str]) -> TEWeights:
+    """Read ``text_encoder-hqq-4bit/`` (``config.json`` + ``qmodel.pt``) without dequantizing."""
+    folder = Path(folder)
+    file = folder / HQQ_FILE
+    config = read_config(folder)  # bounded before the archive is touched
+    # mmap keeps the 2.7 GB file out of RAM until each tensor is repacked
+    raw = load_archive(file, mmap=True)
+    if not isinstance(raw, dict):
+        raise BonsaiFormatError(file, None, f"expected a dict of module state dicts, got {type(raw).__name__}")
+    # key prefix: Qwen3ForCausalLM names leaves "model.layers.N...", Qwen3Model "layers.N..."
+    prefix = "" if any(str(k).startswith("model.layers.") for k in raw) else "model."
+    te = TEWeights(config=config, packed={}, dense={}, layout="hqq", path=folder)
+    for module, entry in raw.items():
+        if not isinstance(entry, dict):
+            raise BonsaiFormatError(file, str(module)[:200], f"expected a module state dict, got {type(entry).__name__}")
+        module = str(module)
+        if module == "lm_head" or module.endswith(".lm_head"):
+            # Qwen3-4B ties lm_head to the embedding; the text encoder never computes logits
+            te.lm_head = "tied"
+            continue
+        name = prefix + module
+        if "W_q" in entry:
+            te.packed[name + ".weight"] = check_te_values(_hqq_linear(entry, file, name), file, name + ".weight")
+            continue
+        for k, v in entry.items():
+            if not isinstance(v, torch.Tensor):
+                raise BonsaiFormatError(file, f"{name}.{k}", f"expected a tensor, got {type(v).__name__}")
+            # a copy, not a view: a view would keep the whole memory-mapped qmodel.pt alive
+            te.dense[f"{name}.{k}"] = check_dense_values(v.detach().clone(), file, f"{name}.{k}")
+    check_complete(te, file)
+    return te
