@@ -50,7 +50,7 @@ _FEW_TOKENS, _IMAGE_TOKENS = 1, 64 * 64 + 512
 
 def backend_choices() -> list[str]:
     """``auto`` then the matmul backends ``bonsai_core.dispatch`` knows."""
-    return ["auto", *[n for n in dispatch.BACKENDS if n != "auto"]]
+    return ["auto", *[n for n in dispatch.backend_names() if n != "auto"]]
 
 
 def chosen_backend(backend: str, bits: int, dtype: torch.dtype) -> str:
@@ -204,9 +204,11 @@ class BonsaiModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str) -> bool | str:
+    def validate_inputs(cls, model_name: str | None) -> bool | str:
         # Taking model_name here replaces ComfyUI's "value not in list" check with one precise line: the
         # name is refused, missing (and how to get it), or exists but does not open (a dense model, a truncated download).
+        if model_name is None:
+            return True  # linked: ComfyUI passes None at queue time; execute resolves and guards the real value
         problem = validation_problem(model_name)
         return True if problem is None else problem
 

@@ -151,9 +151,11 @@ class BonsaiPipelineLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, snapshot: str) -> bool | str:
+    def validate_inputs(cls, snapshot: str | None) -> bool | str:
         # Replaces ComfyUI's "value not in list" check with one precise line at queue time: refused or missing
         # name (and how to get the release), or the first bad part (VAE header, text encoder, transformer header).
+        if snapshot is None:
+            return True  # linked: ComfyUI passes None at queue time; execute resolves and guards the real value
         problem = validation_problem(snapshot)
         return True if problem is None else problem
 

@@ -302,8 +302,10 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder: str) -> bool | str:
+    def validate_inputs(cls, text_encoder: str | None) -> bool | str:
         # Replaces ComfyUI's "not in [...]" check: one line saying what is wrong or missing and how to get it.
+        if text_encoder is None:
+            return True  # linked: ComfyUI passes None at queue time; execute resolves and guards the real value
         problem = validation_problem(text_encoder)
         return True if problem is None else problem
 

@@ -174,8 +174,10 @@ class BonsaiVAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae_folder: str) -> bool | str:
+    def validate_inputs(cls, vae_folder: str | None) -> bool | str:
         # Header checks at queue time give one precise line (this replaces the "not in list" check).
+        if vae_folder is None:
+            return True  # linked: ComfyUI passes None at queue time; execute resolves and guards the real value
         try:
             folder = resolve_vae_folder(vae_folder)
         except (ValueError, FileNotFoundError) as e:
