@@ -61,3 +61,33 @@ HEADER_CASES: dict[str, tuple[Any, bytes, int | None, str | None]] = {
     "empty_name": ({"": entry()}, b"\0" * 8, None, None),
     "too_many_tensors": ({f"t{i}": entry(shape=[0], offsets=[0, 0]) for i in range(20_000)}, b"", None, None),
 }
+
+
+def _split(path: Path) -> tuple[dict[str, Any], bytes]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def rewrite_header(path: Path, edit: Any) -> Path:
+    """Apply ``edit(header_dict)`` to a safetensors file's header, keeping its data bytes."""
+    header, data = _split(path)
+    edit(header)
+    return raw_safetensors(path, header, data)
+
+
+def append_tensor(path: Path, name: str, dtype: str, shape: list[int], payload: bytes) -> Path:
+    """Add one tensor (its bytes appended after the existing data) to a safetensors file."""
+    header, data = _split(path)
+    header[name] = entry(dtype, shape, [len(data), len(data) + len(payload)])
+    return raw_safetensors(path, header, data + payload)
+
+
+def poke(path: Path, tensor: str, offset: int, payload: bytes) -> Path:
+    """Overwrite bytes of ``tensor``'s data (``offset`` within the tensor) in place."""
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    start = 8 + n + json.loads(raw[8 : 8 + n])[tensor]["data_offsets"][0] + offset
+    raw[start : start + len(payload)] = payload
+    path.write_bytes(bytes(raw))
+    return path
