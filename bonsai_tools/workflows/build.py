@@ -19,23 +19,42 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cards, content
 from . import graph as wg
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "workflows"  # where the shipped workflows live
+LOCALE = REPO / "locales" / "en" / "main.json"  # template titles (see write_locale)
+# Folder names the pack gets: registry / Manager install (the registry id), the README's git route
+# (same name), a plain `git clone` (the repository name) and the test harness link.
+PACK_FOLDERS = ("bonsai-image", "bonsai-image-comfyui", "bonsai_image")
 
-# Names the downloader produces (bonsai_core/download.py): snapshots under models/bonsai/<repo>/,
-# converted canonical transformers in models/diffusion_models/.
-TERNARY_SNAPSHOT = "bonsai-image-ternary-4B-gemlite-2bit/"
-BINARY_SNAPSHOT = "bonsai-image-binary-4B-gemlite-1bit/"
+# Names the downloader produces: snapshots under models/bonsai/<repo>/, and the single-file
+# (canonical) transformer that ``download --to-canonical`` writes next to them.
+TERNARY_SNAPSHOT = content.gemlite_repo("ternary") + "/"
+BINARY_SNAPSHOT = content.gemlite_repo("binary") + "/"
 TERNARY_CANONICAL = "bonsai-image-ternary-4B.safetensors"
-TERNARY_VAE = "bonsai-image-ternary-4B-gemlite-2bit/vae"
-TERNARY_TE = "bonsai/bonsai-image-ternary-4B-gemlite-2bit/text_encoder-hqq-4bit"
+TERNARY_VAE = content.gemlite_repo("ternary") + "/vae"
+TERNARY_TE = "bonsai/" + content.gemlite_repo("ternary") + "/text_encoder-hqq-4bit"
 EDIT_INPUTS = ("bonsai_edit_input_1.png", "bonsai_edit_input_2.png")
 
 T2I_PROMPT = "a bonsai tree on a wooden table by a window, soft morning light, detailed photograph"
 EDIT_PROMPT = "turn the scene into a watercolor painting, keep the composition"
 EDIT2_PROMPT = "place the object from image 1 into the scene of image 2, matching its lighting"
+
+# ---------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------
+# The frontend fits a template's whole graph into the window at 75 % of the window
+# (``fitToBounds``) and draws nodes as blank boxes below ~0.57 zoom (8 px minimum font at 14 px
+# text). Columns are packed so a text-to-image graph is ~1710 x 850 canvas units: fitted at ~0.84
+# in a 1920x1080 window. The note is the first thing at the top left, the loaders right under it,
+# and ``VIEW`` is the view restored when the file itself is opened (drag and drop, Open): the note
+# and the loaders at 100 % zoom.
+C1, C2, C3, C4 = 0, 470, 960, 1330  # note + loaders | prompt | sampling | sample, decode, save
+LOADER_Y = 390  # below the note (0..340)
+NOTE_SIZE = (420.0, 340.0)
+VIEW_OFFSET, VIEW_SCALE = (80.0, 110.0), 1.0  # clear of the left sidebar and the top bar
 
 
 # ---------------------------------------------------------------------------
@@ -43,9 +62,14 @@ EDIT2_PROMPT = "place the object from image 1 into the scene of image 2, matchin
 # ---------------------------------------------------------------------------
 
 
-def _loaders_pipeline(snapshot: str) -> tuple[list, tuple, tuple, tuple]:
+def _loaders_pipeline(snapshot: str, variant: str) -> tuple[list, tuple, tuple, tuple]:
     n = wg.Node(
-        1, "BonsaiPipelineLoader", {"snapshot": snapshot, "backend": "auto", "compute_dtype": "default"}, pos=(-420, 200), size=(380, 130)
+        1,
+        "BonsaiPipelineLoader",
+        {"snapshot": snapshot, "backend": "auto", "compute_dtype": "default"},
+        pos=(C1, LOADER_Y),
+        size=(420, 130),
+        models=content.model_entries(variant),
     )
     return [n], (1, 0), (1, 1), (1, 2)
 
@@ -56,43 +80,68 @@ def _loaders_separate(canonical: str, te: str, vae_folder: str) -> tuple[list, t
             1,
             "BonsaiModelLoader",
             {"model_name": canonical, "backend": "auto", "compute_dtype": "default"},
-            pos=(-420, 120),
-            size=(380, 110),
+            pos=(C1, LOADER_Y),
+            size=(420, 110),
         ),
-        wg.Node(2, "BonsaiTextEncoderLoader", {"text_encoder": te}, pos=(-420, 270), size=(380, 60)),
-        wg.Node(3, "BonsaiVAELoader", {"vae_folder": vae_folder}, pos=(-420, 370), size=(380, 60)),
+        wg.Node(
+            2,
+            "BonsaiTextEncoderLoader",
+            {"text_encoder": te},
+            pos=(C1, LOADER_Y + 160),
+            size=(420, 60),
+            models=content.model_entries("ternary", ("text_encoder",)),
+        ),
+        wg.Node(
+            3,
+            "BonsaiVAELoader",
+            {"vae_folder": vae_folder},
+            pos=(C1, LOADER_Y + 270),
+            size=(420, 60),
+            models=content.model_entries("ternary", ("vae",)),
+        ),
     ]
     return nodes, (1, 0), (2, 0), (3, 0)
 
 
 def _sampling(model, positive, negative, width, height, seed: int, size_from: tuple | None = None) -> list:
     """CFGGuider(cfg 1) + euler + Flux2Scheduler(4 steps) + RandomNoise + EmptyFlux2LatentImage -> SamplerCustomAdvanced."""
-    sched = wg.Node(20, "Flux2Scheduler", {"steps": 4, "width": width, "height": height}, pos=(420, 420))
-    latent = wg.Node(21, "EmptyFlux2LatentImage", {"width": width, "height": height, "batch_size": 1}, pos=(420, 560))
+    sched = wg.Node(20, "Flux2Scheduler", {"steps": 4, "width": width, "height": height}, pos=(C3, 490), size=(320, 130))
+    latent = wg.Node(21, "EmptyFlux2LatentImage", {"width": width, "height": height, "batch_size": 1}, pos=(C3, 680), size=(320, 130))
     if size_from is not None:  # edit graphs take the output size from the (scaled) reference image
         for n in (sched, latent):
             n.links["width"] = (size_from[0], 0)
             n.links["height"] = (size_from[0], 1)
     return [
-        wg.Node(22, "CFGGuider", {"cfg": 1.0}, {"model": model, "positive": positive, "negative": negative}, pos=(420, 120)),
-        wg.Node(23, "KSamplerSelect", {"sampler_name": "euler"}, pos=(420, 300)),
+        wg.Node(
+            22, "CFGGuider", {"cfg": 1.0}, {"model": model, "positive": positive, "negative": negative}, pos=(C3, 160), size=(320, 130)
+        ),
+        wg.Node(23, "KSamplerSelect", {"sampler_name": "euler"}, pos=(C3, 350), size=(320, 80)),
         sched,
         latent,
-        wg.Node(24, "RandomNoise", {"noise_seed": seed}, pos=(420, 20)),
+        wg.Node(24, "RandomNoise", {"noise_seed": seed}, pos=(C3, 0), size=(320, 100)),
         wg.Node(
             25,
             "SamplerCustomAdvanced",
             {},
             {"noise": (24, 0), "guider": (22, 0), "sampler": (23, 0), "sigmas": (20, 0), "latent_image": (21, 0)},
-            pos=(780, 120),
+            pos=(C4, 0),
+            size=(320, 160),
         ),
     ]
 
 
 def _text(clip, prompt: str) -> list:
     return [
-        wg.Node(10, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(0, 120), size=(380, 180), title="Prompt"),
-        wg.Node(11, "ConditioningZeroOut", {}, {"conditioning": (10, 0)}, pos=(0, 360), title="Negative (zeroed, distilled model)"),
+        wg.Node(10, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(C2, 0), size=(420, 200), title="Prompt"),
+        wg.Node(
+            11,
+            "ConditioningZeroOut",
+            {},
+            {"conditioning": (10, 0)},
+            pos=(C2, 250),
+            size=(420, 50),
+            title="Negative (zeroed, distilled model)",
+        ),
     ]
 
 
@@ -103,20 +152,14 @@ def _decode_save(vae, prefix: str, tiled: bool) -> list:
             "VAEDecodeTiled",
             {"tile_size": 512, "overlap": 64, "temporal_size": 64, "temporal_overlap": 8},
             {"samples": (25, 0), "vae": vae},
-            pos=(1080, 120),
+            pos=(C4, 220),
+            size=(320, 160),
         )
+        save_y = 440
     else:
-        dec = wg.Node(30, "VAEDecode", {}, {"samples": (25, 0), "vae": vae}, pos=(1080, 120))
-    return [dec, wg.Node(31, "SaveImage", {"filename_prefix": prefix}, {"images": (30, 0)}, pos=(1340, 120), size=(420, 460))]
-
-
-NOTE_T2I = (
-    "## Bonsai Image 4B — {title}\n\n"
-    "Distilled FLUX.2 Klein 4B with {variant} weights: **4 steps, cfg 1, euler, Flux2Scheduler**.\n\n"
-    "Models: `python -m bonsai_core download {variant}` puts the release in `models/bonsai/<repo>/` "
-    "(gemlite on CUDA, mlx on Apple silicon, unpacked elsewhere); pick that folder in the loader. "
-    "Packed weights stay packed in memory."
-)
+        dec = wg.Node(30, "VAEDecode", {}, {"samples": (25, 0), "vae": vae}, pos=(C4, 220), size=(320, 50))
+        save_y = 330
+    return [dec, wg.Node(31, "SaveImage", {"filename_prefix": prefix}, {"images": (30, 0)}, pos=(C4, save_y), size=(380, 400))]
 
 
 def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False, preset: bool = False) -> Callable:
@@ -127,17 +170,17 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
         if separate:
             nodes, model, clip, vae = _loaders_separate(TERNARY_CANONICAL, TERNARY_TE, TERNARY_VAE)
         else:
-            nodes, model, clip, vae = _loaders_pipeline(snapshot)
+            nodes, model, clip, vae = _loaders_pipeline(snapshot, variant)
         if preset:
             # The recipe node builds the zeroed negative, scheduler, noise and latent itself.
-            nodes.append(wg.Node(10, "CLIPTextEncode", {"text": T2I_PROMPT}, {"clip": clip}, pos=(0, 120), size=(380, 180), title="Prompt"))
+            nodes.append(wg.Node(10, "CLIPTextEncode", {"text": T2I_PROMPT}, {"clip": clip}, pos=(C2, 0), size=(420, 200), title="Prompt"))
             nodes.append(
                 wg.Node(
                     25,
                     "BonsaiSampler",
                     {"seed": 42, "width": size, "height": size, "batch_size": 1, "steps": 4},
                     {"model": model, "positive": (10, 0)},
-                    pos=(420, 120),
+                    pos=(C3, 0),
                     size=(320, 220),
                 )
             )
@@ -152,30 +195,36 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
 
 
 def edit(refs: int) -> Callable:
+    # Reference blocks: LoadImage | scale + encode | the two ReferenceLatents. Block 1 sits under the
+    # loader and the prompt, block 2 under the sampling columns.
+    blocks = [(C1, 600), (C3, 880)]
+
     def build():
-        nodes, model, clip, vae = _loaders_pipeline(TERNARY_SNAPSHOT)
+        nodes, model, clip, vae = _loaders_pipeline(TERNARY_SNAPSHOT, "ternary")
         nodes += _text(clip, EDIT_PROMPT if refs == 1 else EDIT2_PROMPT)
         pos, neg = (10, 0), (11, 0)
         for i in range(refs):
             load, scale, enc, rp, rn = 40 + 5 * i, 41 + 5 * i, 42 + 5 * i, 43 + 5 * i, 44 + 5 * i
-            y = 700 + 380 * i
+            x, y = blocks[i]
             nodes += [
-                wg.Node(load, "LoadImage", {"image": EDIT_INPUTS[i]}, pos=(-420, y), size=(320, 340), title=f"Reference image {i + 1}"),
+                wg.Node(load, "LoadImage", {"image": EDIT_INPUTS[i]}, pos=(x, y), size=(340, 340), title=f"Reference image {i + 1}"),
                 # 1 MP, sides a multiple of 16 (the FLUX.2 latent step), as the stock Klein edit template.
                 wg.Node(
                     scale,
                     "ImageScaleToTotalPixels",
                     {"upscale_method": "nearest-exact", "megapixels": 1.0, "resolution_steps": 16},
                     {"image": (load, 0)},
-                    pos=(-60, y),
+                    pos=(x + 380, y),
+                    size=(280, 130),
                 ),
-                wg.Node(enc, "VAEEncode", {}, {"pixels": (scale, 0), "vae": vae}, pos=(260, y)),
+                wg.Node(enc, "VAEEncode", {}, {"pixels": (scale, 0), "vae": vae}, pos=(x + 380, y + 180), size=(280, 60)),
                 wg.Node(
                     rp,
                     "ReferenceLatent",
                     {},
                     {"conditioning": pos, "latent": (enc, 0)},
-                    pos=(260, y + 100),
+                    pos=(x + 700, y),
+                    size=(210, 60),
                     title=f"Reference {i + 1} (positive)",
                 ),
                 wg.Node(
@@ -183,12 +232,16 @@ def edit(refs: int) -> Callable:
                     "ReferenceLatent",
                     {},
                     {"conditioning": neg, "latent": (enc, 0)},
-                    pos=(260, y + 200),
+                    pos=(x + 700, y + 110),
+                    size=(210, 60),
                     title=f"Reference {i + 1} (negative)",
                 ),
             ]
             pos, neg = (rp, 0), (rn, 0)
-        nodes.append(wg.Node(39, "GetImageSize", {}, {"image": (41, 0)}, pos=(-60, 560), title="Output size = reference 1"))
+        x, y = blocks[0]
+        nodes.append(
+            wg.Node(39, "GetImageSize", {}, {"image": (41, 0)}, pos=(x + 380, y + 290), size=(280, 80), title="Output size = reference 1")
+        )
         nodes += _sampling(model, pos, neg, 1024, 1024, seed=42, size_from=(39,))
         nodes += _decode_save(vae, f"bonsai/edit-{refs}ref", tiled=False)
         return nodes, f"image edit, {refs} reference image{'s' if refs > 1 else ''}"
@@ -196,14 +249,17 @@ def edit(refs: int) -> Callable:
     return build
 
 
-# file stem -> (builder, variant label for the card)
+# File stem -> (builder, variant). ComfyUI's template browser (frontend 1.47) shows a pack's
+# template under its file stem and no other title (its i18n lookup covers only the core templates),
+# so the stems are the titles: words and spaces, no "-" or "_" (the card's subtitle is the stem
+# with those turned into spaces), short enough for a card (about 32 characters). The API twins in api/ carry the same names.
 WORKFLOWS: dict[str, tuple[Callable, str]] = {
-    "bonsai_ternary_t2i_512": (t2i("ternary", 512), "ternary"),
-    "bonsai_ternary_t2i_1024": (t2i("ternary", 1024, separate=True), "ternary"),
-    "bonsai_binary_t2i_1024": (t2i("binary", 1024), "binary"),
-    "bonsai_ternary_edit_1ref": (edit(1), "ternary"),
-    "bonsai_ternary_edit_2ref": (edit(2), "ternary"),
-    "bonsai_ternary_t2i_1024_tiled_vae": (t2i("ternary", 1024, tiled=True, preset=True), "ternary"),
+    "Bonsai ternary text to image 512": (t2i("ternary", 512), "ternary"),
+    "Bonsai ternary 1024 three loaders": (t2i("ternary", 1024, separate=True), "ternary"),
+    "Bonsai binary text to image 1024": (t2i("binary", 1024), "binary"),
+    "Bonsai ternary edit 1 reference": (edit(1), "ternary"),
+    "Bonsai ternary edit 2 references": (edit(2), "ternary"),
+    "Bonsai Sampler 1024 tiled decode": (t2i("ternary", 1024, tiled=True, preset=True), "ternary"),
 }
 
 
@@ -231,43 +287,6 @@ def live_schemas(comfyui: Path) -> dict:
     return {name: wg.NodeSchema.from_node_class(name, cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
 
-def thumbnail(path: Path, title: str, variant: str, graph) -> None:
-    """A 512x512 descriptive card (JPEG): title, variant, output size and the node chain."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", (512, 512), (24, 32, 28))
-    d = ImageDraw.Draw(img)
-    try:
-        big = ImageFont.truetype("DejaVuSans-Bold.ttf", 34)
-        mid = ImageFont.truetype("DejaVuSans.ttf", 22)
-        small = ImageFont.truetype("DejaVuSans.ttf", 16)
-    except OSError:
-        big = mid = small = ImageFont.load_default()
-    accent = (120, 200, 120) if variant == "ternary" else (120, 170, 230)
-    d.rectangle((0, 0, 512, 10), fill=accent)
-    # A stylised bonsai: pot, trunk, three canopy discs.
-    d.rectangle((206, 420, 306, 470), fill=(120, 80, 60))
-    d.polygon([(250, 420), (262, 420), (268, 330), (244, 330)], fill=(90, 60, 40))
-    for cx, cy, r in ((256, 300, 60), (196, 330, 40), (316, 330, 40)):
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=accent)
-    d.text((24, 28), "Bonsai Image 4B", font=big, fill=(235, 235, 235))
-    d.text((24, 76), title, font=mid, fill=accent)
-    types = [n.type for n in graph.nodes]
-    chain = " > ".join(dict.fromkeys(t for t in types if t not in ("KSamplerSelect", "RandomNoise", "ConditioningZeroOut")))
-    y = 120
-    line = ""
-    for word in chain.split(" "):
-        if d.textlength(line + " " + word, font=small) > 464:
-            d.text((24, y), line.strip(), font=small, fill=(190, 190, 190))
-            y += 22
-            line = ""
-        line += " " + word
-    d.text((24, y), line.strip(), font=small, fill=(190, 190, 190))
-    tmp = path.with_suffix(".jpg.partial")
-    img.save(tmp, "JPEG", quality=88)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.partial")
@@ -275,30 +294,54 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def graph_for(stem: str, nodes: list, note_text: str) -> wg.Graph:
+    """The graph with its note at the top left, the restored view, and the workflow-level model list."""
+    models: list[dict[str, str]] = []
+    for n in nodes:
+        models += [m for m in n.models if m not in models]
+    return wg.Graph(
+        stem,
+        nodes,
+        notes=[(note_text, (C1, 0), NOTE_SIZE)],
+        ds_offset=VIEW_OFFSET,
+        ds_scale=VIEW_SCALE,
+        models=models,
+    )
+
+
+def write_workflow(graph: wg.Graph, schemas: dict, title: str, variant: str, out_dir: Path) -> Path:
+    """UI file (checked against the live schemas), API twin and card for ``graph``."""
+    ui = wg.to_ui(graph, schemas)
+    # Model/image combos list what is installed on this machine; only structure must be clean here.
+    problems = [p for p in wg.validate_ui(ui, schemas) if "is not one of the options" not in p]
+    if problems:
+        raise RuntimeError(f"{graph.name}: " + "; ".join(problems))
+    write_json(out_dir / f"{graph.name}.json", ui)
+    write_json(out_dir / "api" / f"{graph.name}.json", wg.to_api(graph))
+    cards.thumbnail(out_dir / f"{graph.name}.jpg", title, variant, graph)
+    return out_dir / f"{graph.name}.json"
+
+
 def build_all(schemas: dict, out_dir: Path = HERE) -> list[Path]:
     written = []
     for stem, (builder, variant) in WORKFLOWS.items():
         nodes, title = builder()
-        note = NOTE_T2I.format(title=title, variant=variant)
-        if any(n.type == "BonsaiModelLoader" for n in nodes):
-            note += (
-                "\n\nThis graph uses the three loader nodes; the model loader reads the canonical file "
-                f"`models/diffusion_models/bonsai-image-{variant}-4B.safetensors` (`download {variant} --to-canonical`)."
-            )
-        if any(n.type == "LoadImage" for n in nodes):
-            note += "\n\nUpload your own picture(s) in the *Reference image* node(s); the output takes the size of reference 1."
-        graph = wg.Graph(stem, nodes, notes=[(note, (-420, -260), (380, 300))])
-        ui = wg.to_ui(graph, schemas)
-        problems = wg.validate_ui(ui, {k: v for k, v in schemas.items()})
-        # Model/image combos list what is installed on this machine; only structure must be clean here.
-        problems = [p for p in problems if "is not one of the options" not in p]
-        if problems:
-            raise RuntimeError(f"{stem}: " + "; ".join(problems))
-        write_json(out_dir / f"{stem}.json", ui)
-        write_json(out_dir / "api" / f"{stem}.json", wg.to_api(graph))
-        thumbnail(out_dir / f"{stem}.jpg", title, variant, graph)
-        written.append(out_dir / f"{stem}.json")
+        types = {n.type for n in nodes}
+        text = content.note(title, variant, canonical="BonsaiModelLoader" in types, edit="LoadImage" in types)
+        written.append(write_workflow(graph_for(stem, nodes, text), schemas, title, variant, out_dir))
     return written
+
+
+def write_locale(path: Path = LOCALE) -> Path:
+    """``locales/en/main.json``: "Bonsai Image" as the pack's category name in the template browser.
+
+    ComfyUI serves every pack's ``locales/<lang>/main.json`` at ``/i18n``; the frontend names a pack's
+    template category ``templateWorkflows.category.<pack folder>`` (falling back to the bare folder
+    name). The key holds the pack's folder name, which depends on how it was installed, so the
+    names of the documented routes are all written."""
+    names = {folder.replace(".", "_"): "Bonsai Image" for folder in PACK_FOLDERS}  # the frontend's normalizeI18nKey
+    write_json(path, {"templateWorkflows": {"category": names}})
+    return path
 
 
 def default_comfyui() -> Path:
@@ -311,6 +354,7 @@ def cmd_build_workflows(args: argparse.Namespace) -> int:
     schemas = live_schemas(args.comfyui.resolve())
     for p in [*build_all(schemas), build_lora(schemas)]:
         print(f"wrote {p.relative_to(REPO)} (+ .jpg, api/{p.name})")
+    print(f"wrote {write_locale().relative_to(REPO)} (template category name)")
     return 0
 
 

@@ -111,6 +111,9 @@ class Node:
     size: tuple[float, float] | None = None
     title: str | None = None
     control: str = "fixed"  # value of the frontend's control_after_generate widget, where the node has one
+    # ``properties.models`` of the UI node: [{name, url, directory}] for files a widget names; the
+    # frontend matches them to widget values to offer a download when the file is missing.
+    models: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +123,11 @@ class Graph:
     name: str
     nodes: list[Node]
     notes: list[tuple[str, tuple[float, float], tuple[float, float]]] = field(default_factory=list)  # (markdown, pos, size)
+    # The view the frontend restores when the file is opened (``extra.ds``): canvas offset and zoom.
+    ds_offset: tuple[float, float] = (0.0, 0.0)
+    ds_scale: float = 1.0
+    # Workflow-level ``models`` list: every file the graph needs, with its download URL and models folder.
+    models: list[dict[str, str]] = field(default_factory=list)
 
     def node(self, node_id: int) -> Node:
         for n in self.nodes:
@@ -207,6 +215,8 @@ def to_ui(graph: Graph, schemas: dict[str, NodeSchema]) -> dict[str, Any]:
             },
             "widgets_values": _widget_values(n, schema),
         }
+        if n.models:
+            ui["properties"]["models"] = [dict(m) for m in n.models]
         if n.title:
             ui["title"] = n.title
         nodes.append(ui)
@@ -217,6 +227,7 @@ def to_ui(graph: Graph, schemas: dict[str, NodeSchema]) -> dict[str, Any]:
             {
                 "id": next_id,
                 "type": "MarkdownNote",
+                "title": "Read me first: models and how to get them",
                 "pos": list(pos),
                 "size": list(size),
                 "flags": {},
@@ -230,7 +241,7 @@ def to_ui(graph: Graph, schemas: dict[str, NodeSchema]) -> dict[str, Any]:
                 "bgcolor": "#653",
             }
         )
-    return {
+    out: dict[str, Any] = {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"bonsai-image/workflows/{graph.name}")),
         "revision": 0,
         "last_node_id": next_id,
@@ -239,9 +250,12 @@ def to_ui(graph: Graph, schemas: dict[str, NodeSchema]) -> dict[str, Any]:
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "extra": {"ds": {"scale": graph.ds_scale, "offset": list(graph.ds_offset)}},
         "version": UI_VERSION,
     }
+    if graph.models:
+        out["models"] = [dict(m) for m in graph.models]
+    return out
 
 
 def _ui_input_names(node: Node, schema: NodeSchema) -> list[str]:

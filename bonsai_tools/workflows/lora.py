@@ -3,7 +3,8 @@
 Written by ``python -m bonsai_tools build-workflows`` together with the other workflows.
 
 Two stock ``LoraLoaderModelOnly`` nodes chained after the Bonsai loader: LoRAs stay unmerged
-branches on the packed layers (nodes/lora.py), each with its own strength.
+branches on the packed layers (nodes/lora.py), each with its own strength. The LoRA file names are
+placeholders (no LoRA ships with the release): the note and the node titles say so.
 """
 
 from __future__ import annotations
@@ -11,31 +12,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import build as bw
+from . import content
 from . import graph as wg
 
-STEM = "bonsai_ternary_t2i_lora"
+STEM = "Bonsai ternary 1024 with LoRAs"  # the template title (see build.WORKFLOWS)
 TITLE = "ternary text to image 1024x1024 + 2 LoRAs"
-LORAS = ("klein4b_style_lora.safetensors", "klein4b_detail_lora.safetensors")
+LORAS = ("placeholder_style_lora.safetensors", "placeholder_detail_lora.safetensors")
 
-NOTE = (
-    "## Bonsai Image 4B — LoRA\n\n"
+LORA_NOTE = (
+    "### LoRA\n\n"
     "Stock **LoraLoaderModelOnly** nodes work on the Bonsai MODEL with any FLUX.2 Klein 4B LoRA "
     "(BFL, diffusers or kohya keys). The LoRA is *not* merged into the binary/ternary weights "
-    "(that would destroy it): it runs as a side branch, `y = Wq·x + strength·(alpha/rank)·B(A·x)`.\n\n"
-    "- Put LoRA files in `models/loras/`; chain loaders to stack several, each with its own strength.\n"
-    "- Changing a strength or bypassing a loader does not reload the model.\n"
-    "- Cost: only the LoRA's own weights in memory, plus two thin matmuls per patched layer."
+    "(that would destroy it): it runs as a side branch, `y = Wq·x + strength·(alpha/rank)·B(A·x)`. "
+    "Chain loaders to stack several, each with its own strength; changing a strength does not reload the model."
 )
 
 
 def build() -> tuple[list, str]:
-    nodes, model, clip, vae = bw._loaders_pipeline(bw.TERNARY_SNAPSHOT)
+    nodes, model, clip, vae = bw._loaders_pipeline(bw.TERNARY_SNAPSHOT, "ternary")
+    y = bw.LOADER_Y + 180
     nodes += [
         wg.Node(
-            5, "LoraLoaderModelOnly", {"lora_name": LORAS[0], "strength_model": 1.0}, {"model": model}, pos=(-420, 380), title="LoRA 1"
+            5,
+            "LoraLoaderModelOnly",
+            {"lora_name": LORAS[0], "strength_model": 1.0},
+            {"model": model},
+            pos=(bw.C1, y),
+            size=(420, 82),
+            title="LoRA 1 (placeholder name: pick yours)",
         ),
         wg.Node(
-            6, "LoraLoaderModelOnly", {"lora_name": LORAS[1], "strength_model": 0.6}, {"model": (5, 0)}, pos=(-420, 500), title="LoRA 2"
+            6,
+            "LoraLoaderModelOnly",
+            {"lora_name": LORAS[1], "strength_model": 0.6},
+            {"model": (5, 0)},
+            pos=(bw.C1, y + 130),
+            size=(420, 82),
+            title="LoRA 2 (placeholder name: pick yours)",
         ),
     ]
     nodes += bw._text(clip, bw.T2I_PROMPT)
@@ -46,13 +59,5 @@ def build() -> tuple[list, str]:
 
 def build_lora(schemas: dict, out_dir: Path = bw.HERE) -> Path:
     nodes, title = build()
-    graph = wg.Graph(STEM, nodes, notes=[(NOTE, (-420, -220), (380, 300))])
-    ui = wg.to_ui(graph, schemas)
-    # Model/LoRA combos list what is installed on this machine; only structure must be clean here.
-    problems = [p for p in wg.validate_ui(ui, schemas) if "is not one of the options" not in p]
-    if problems:
-        raise RuntimeError(f"{STEM}: " + "; ".join(problems))
-    bw.write_json(out_dir / f"{STEM}.json", ui)
-    bw.write_json(out_dir / "api" / f"{STEM}.json", wg.to_api(graph))
-    bw.thumbnail(out_dir / f"{STEM}.jpg", title, "ternary", graph)
-    return out_dir / f"{STEM}.json"
+    text = content.note(title, "ternary", lora=True) + "\n\n" + LORA_NOTE
+    return bw.write_workflow(bw.graph_for(STEM, nodes, text), schemas, title, "ternary", out_dir)

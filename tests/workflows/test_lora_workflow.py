@@ -21,7 +21,7 @@ from bonsai_tools.synth import make_lora_fixture, make_snapshot_fixture
 pytestmark = pytest.mark.comfyui
 
 REPO = Path(__file__).resolve().parents[2]
-STEM = "bonsai_ternary_t2i_lora"
+STEM = "Bonsai ternary 1024 with LoRAs"
 SIZE = 64
 
 

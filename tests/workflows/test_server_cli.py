@@ -24,7 +24,7 @@ from harness.server import BOOT_TIMEOUT_S, comfyui_server, folders
 
 pytestmark = pytest.mark.comfyui
 
-WORKFLOW = "bonsai_ternary_t2i_512"
+WORKFLOW = "Bonsai ternary text to image 512"
 RUN_TIMEOUT_S = 300
 
 
@@ -77,7 +77,7 @@ def _ui_for_test(ui: dict[str, Any], prefix: str, size: int) -> dict[str, Any]:
 
 # API twin as is; UI files converted by comfy-cli against the server's /object_info: the plain
 # text-to-image graph, and the two-reference edit graph (widgets driven by links, chained ReferenceLatent).
-CASES = [("api", WORKFLOW), ("ui", WORKFLOW), ("ui", "bonsai_ternary_edit_2ref")]
+CASES = [("api", WORKFLOW), ("ui", WORKFLOW), ("ui", "Bonsai ternary edit 2 references")]
 
 
 @pytest.mark.parametrize(("fmt", "stem"), CASES, ids=[f"{f}-{s}" for f, s in CASES])

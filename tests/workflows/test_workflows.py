@@ -22,13 +22,13 @@ pytestmark = pytest.mark.comfyui
 # The workflows this suite was written for; any other shipped workflow (e.g. the LoRA example) is
 # validated and run the same way.
 EXPECTED = {
-    "bonsai_ternary_t2i_512",
-    "bonsai_ternary_t2i_1024",
-    "bonsai_binary_t2i_1024",
-    "bonsai_ternary_edit_1ref",
-    "bonsai_ternary_edit_2ref",
-    "bonsai_ternary_t2i_1024_tiled_vae",
-    "bonsai_ternary_t2i_lora",
+    "Bonsai ternary text to image 512",
+    "Bonsai ternary 1024 three loaders",
+    "Bonsai binary text to image 1024",
+    "Bonsai ternary edit 1 reference",
+    "Bonsai ternary edit 2 references",
+    "Bonsai Sampler 1024 tiled decode",
+    "Bonsai ternary 1024 with LoRAs",
 }
 SHIPPED = sorted({p.stem for p in we.ui_workflows()} | {p.stem for p in we.api_workflows()} | EXPECTED)
 MIN_STD = 4.0  # pixel std (0..255) below this is a blank / flat image
@@ -88,7 +88,7 @@ def test_ui_and_api_twins_are_the_same_graph(stem: str, schemas: dict[str, wg.No
 
 def test_validator_catches_broken_ui(schemas: dict[str, wg.NodeSchema]) -> None:
     """The structural check is not vacuous: each kind of damage is reported."""
-    ui = we.load_json(we.WORKFLOWS / "bonsai_ternary_edit_1ref.json")
+    ui = we.load_json(we.WORKFLOWS / "Bonsai ternary edit 1 reference.json")
     by_type = {n["type"]: n for n in ui["nodes"]}
 
     def damaged(edit) -> list[str]:
@@ -150,7 +150,7 @@ def test_edit_workflow_output_follows_reference_size(wf_env: Any) -> None:
     """The edit graph sizes its output from reference 1 (GetImageSize), not from fixed widgets."""
     prefix = "wftest_edit_aspect"
     out_dir = Path(wf_env.folder_paths.get_output_directory())
-    prompt = we.for_test(we.load_json(we.API_DIR / "bonsai_ternary_edit_2ref.json"), prefix)
+    prompt = we.for_test(we.load_json(we.API_DIR / "Bonsai ternary edit 2 references.json"), prefix)
     # Reference 1 is 256x256 on disk; use the 192x128 image instead: 3:2 at 128*128 px -> 160x112 (steps of 16).
     load1 = next(n for n in prompt.values() if n["class_type"] == "LoadImage" and n["inputs"]["image"] == "bonsai_edit_input_1.png")
     load1["inputs"]["image"] = "bonsai_edit_input_2.png"

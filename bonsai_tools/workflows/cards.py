@@ -1,0 +1,47 @@
+"""Template-browser cards: the same-name ``.jpg`` next to each UI workflow.
+
+Descriptive cards drawn with Pillow (title, variant, node chain) rather than rendered images: a real
+render needs the 4B weights and a GPU, and a card must not pretend to be the model's output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def thumbnail(path: Path, title: str, variant: str, graph) -> None:
+    """A 512x512 descriptive card (JPEG): title, variant, output size and the node chain."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (512, 512), (24, 32, 28))
+    d = ImageDraw.Draw(img)
+    try:
+        big = ImageFont.truetype("DejaVuSans-Bold.ttf", 34)
+        mid = ImageFont.truetype("DejaVuSans.ttf", 22)
+        small = ImageFont.truetype("DejaVuSans.ttf", 16)
+    except OSError:
+        big = mid = small = ImageFont.load_default()
+    accent = (120, 200, 120) if variant == "ternary" else (120, 170, 230)
+    d.rectangle((0, 0, 512, 10), fill=accent)
+    # A stylised bonsai: pot, trunk, three canopy discs.
+    d.rectangle((206, 420, 306, 470), fill=(120, 80, 60))
+    d.polygon([(250, 420), (262, 420), (268, 330), (244, 330)], fill=(90, 60, 40))
+    for cx, cy, r in ((256, 300, 60), (196, 330, 40), (316, 330, 40)):
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=accent)
+    d.text((24, 28), "Bonsai Image 4B", font=big, fill=(235, 235, 235))
+    d.text((24, 76), title, font=mid, fill=accent)
+    types = [n.type for n in graph.nodes]
+    chain = " > ".join(dict.fromkeys(t for t in types if t not in ("KSamplerSelect", "RandomNoise", "ConditioningZeroOut")))
+    y = 120
+    line = ""
+    for word in chain.split(" "):
+        if d.textlength(line + " " + word, font=small) > 464:
+            d.text((24, y), line.strip(), font=small, fill=(190, 190, 190))
+            y += 22
+            line = ""
+        line += " " + word
+    d.text((24, y), line.strip(), font=small, fill=(190, 190, 190))
+    tmp = path.with_suffix(".jpg.partial")
+    img.save(tmp, "JPEG", quality=88)
+    os.replace(tmp, path)
