@@ -239,7 +239,7 @@ def download(
     needed = needed_description(release, components, variant)
 
     def failure(e: BaseException, what: str) -> DownloadError:
-        return describe(e, repo_id=repo_id, target=target, endpoint=endpoint_url, needed=needed, timeout=timeout, what=what)
+        return describe(e, repo_id=repo_id, target=target, endpoint=endpoint_url, needed=needed, what=what)
 
     try:
         commit, remote = remote_files(repo_id, revision=revision, endpoint=endpoint, token=token, timeout=timeout)

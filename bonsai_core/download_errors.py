@@ -95,7 +95,7 @@ def manual_steps(repo_id: str, target: Path, needed: str) -> str:
     )
 
 
-def describe(error: BaseException, *, repo_id: str, target: Path, endpoint: str, needed: str, timeout: float, what: str) -> DownloadError:
+def describe(error: BaseException, *, repo_id: str, target: Path, endpoint: str, needed: str, what: str) -> DownloadError:
     """One :class:`DownloadError` for ``error`` (raised while ``what``: "listing the repository" or
     "downloading <file>"), with the manual steps."""
     kind = classify(error)
@@ -105,7 +105,7 @@ def describe(error: BaseException, *, repo_id: str, target: Path, endpoint: str,
         head = f"Cannot reach the Hugging Face Hub at {endpoint} while {what} ({cause})."
     elif kind == STALLED:
         head = (
-            f"The Hugging Face Hub at {endpoint} stopped answering while {what}: nothing arrived for {timeout:g} s ({cause}). "
+            f"The Hugging Face Hub at {endpoint} stopped answering while {what}: no data arrived in time ({cause}). "
             "Run the same download again later: completed files are kept and the rest is resumed."
         )
     elif kind == DROPPED:

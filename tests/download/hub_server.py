@@ -12,14 +12,15 @@ Implements (aiohttp, in a background thread):
 Test controls: ``drop_after[path] = n`` cuts the connection once after ``n`` body bytes (a dropped
 transfer), ``corrupt[path] = bytes`` serves other content than the metadata describes,
 ``stall[path] = s`` waits ``s`` seconds before answering (``INFO`` for the repo-info request),
-``stall_body[path] = (n, s)`` waits ``s`` seconds after ``n`` body bytes (a Hub that stops
-sending). File names are served as given, hostile ones included. Every request is logged in
+``stall_body[path] = (n, s)`` waits ``s`` seconds at byte ``n`` of the file, in every request
+that reaches it (a Hub that stops sending). File names are served as given, hostile ones included. Every request is logged in
 ``requests`` as ``(method, path, Range header)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 from dataclasses import dataclass, field
@@ -66,13 +67,18 @@ class HubServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the server stops (so a stalled request never delays ``stop``)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     # -- handlers ------------------------------------------------------------------------
 
     async def _info(self, request: web.Request) -> web.StreamResponse:
         repo_id = f"{request.match_info['owner']}/{request.match_info['name']}"
         self.requests.append((request.method, request.path, None))
         if INFO in self.stall:
-            await asyncio.sleep(self.stall[INFO])
+            await self._pause(self.stall[INFO])
         repo = self.repos.get(repo_id)
         if repo is None:
             return web.json_response({"error": "Repository not found"}, status=404, headers={"X-Error-Code": "RepoNotFound"})
@@ -88,7 +94,7 @@ class HubServer:
         rng = request.headers.get("Range")
         self.requests.append((request.method, request.path, rng))
         if path in self.stall:
-            await asyncio.sleep(self.stall[path])
+            await self._pause(self.stall[path])
         repo = self.repos.get(repo_id)
         if repo is None or path not in repo.files:
             return web.Response(status=404, headers={"X-Error-Code": "EntryNotFound" if repo else "RepoNotFound"})
@@ -118,11 +124,11 @@ class HubServer:
             await asyncio.sleep(0.05)
             request.transport.close()  # the connection drops mid-body
             return resp
-        pause = self.stall_body.pop(path, None)
-        if pause is not None and pause[0] < len(body):
-            await resp.write(body[: pause[0]])
-            await asyncio.sleep(pause[1])  # the Hub stops sending mid-body
-            body = body[pause[0] :]
+        pause = self.stall_body.get(path)  # every request that reaches the offset stalls there, resumes too
+        if pause is not None and start <= pause[0] < len(data):
+            await resp.write(data[start : pause[0]])
+            await self._pause(pause[1])  # the Hub stops sending mid-body
+            body = data[pause[0] :]
         await resp.write(body)
         await resp.write_eof()
         return resp
@@ -140,6 +146,7 @@ class HubServer:
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
+            self._stopping = asyncio.Event()
             self._runner = web.AppRunner(app)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -155,6 +162,7 @@ class HubServer:
 
     def stop(self) -> None:
         async def shutdown() -> None:
+            self._stopping.set()
             await self._runner.cleanup()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)

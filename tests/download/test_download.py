@@ -5,7 +5,6 @@ offline, the CLI, and ``--to-canonical``."""
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -14,37 +13,10 @@ from pathlib import Path
 
 import pytest
 from hub_server import FakeRepo, HubServer
+from release_trees import EXPECTED, REPO_ROOT, TERNARY_GEMLITE, blob, closed_port, gemlite_repo_files, resolve_gets
 
 from bonsai_core import download as dl
 from bonsai_core.hub_names import resolve_release
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TERNARY_GEMLITE = "prism-ml/bonsai-image-ternary-4B-gemlite-2bit"
-
-
-def _blob(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def gemlite_repo_files() -> dict[str, bytes]:
-    """The released gemlite repo's tree (formats.md §1.1) with small stand-in contents."""
-    return {
-        "README.md": b"# Bonsai Image 4B ternary (gemlite)\n",
-        "manifest.json": b'{"model_version": "ternary g128"}\n',
-        "model_index.json": b'{"_class_name": "Flux2KleinPipeline"}\n',
-        "assets/banner.png": _blob(3000, 1),
-        "transformer-gemlite-int2/config.json": b'{"num_layers": 5}\n',
-        "transformer-gemlite-int2/quantization_config.json": b'{"bits": 2}\n',
-        "transformer-gemlite-int2/state_dict.pt": _blob(300_000, 2),
-        "text_encoder-hqq-4bit/config.json": b'{"model_type": "qwen3"}\n',
-        "text_encoder-hqq-4bit/qmodel.pt": _blob(200_000, 3),
-        "text_encoder-hqq-4bit/tokenizer/tokenizer.json": _blob(5000, 4),
-        "vae/config.json": b'{"latent_channels": 32}\n',
-        "vae/diffusion_pytorch_model.safetensors": _blob(120_000, 5),
-    }
-
-
-EXPECTED = sorted(f for f in gemlite_repo_files() if not f.startswith("assets/"))
 
 
 @pytest.fixture()
@@ -54,8 +26,9 @@ def hub() -> Iterator[HubServer]:
     server.stop()
 
 
-def _get(server: HubServer) -> list[tuple[str, str | None]]:
-    return [(p.split("/resolve/", 1)[1].split("/", 1)[1], r) for m, p, r in server.requests if m == "GET" and "/resolve/" in p]
+_get = resolve_gets
+_blob = blob
+_closed_port = closed_port
 
 
 def test_repo_names_patterns_and_auto_release() -> None:
