@@ -23,6 +23,9 @@ log = logging.getLogger("bonsai_image")
 _NOT_NODE_MODULES = frozenset({"ops", "folders", "model_sources", "te_clip"})
 
 IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
+# Frontend extension served by ComfyUI at /extensions/<pack folder>/: the on-open notice for model
+# folders a workflow needs that are not downloaded yet (web/bonsai_missing_models.js).
+WEB_DIRECTORY = "./web"
 
 try:
     from comfy_api.latest import ComfyExtension
