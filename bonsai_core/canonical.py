@@ -100,6 +100,8 @@ def _meta(path: Path, md: dict[str, str]) -> BonsaiMeta:
             group_size=int(md.get("group_size", GROUP_SIZE)),
         )
         bits = int(md.get("bits", meta.bits))
+    except BonsaiFormatError:
+        raise
     except (KeyError, ValueError, TypeError) as e:  # GeometryError is a ValueError
         what = "transformer geometry" if isinstance(e, GeometryError) else "metadata"
         raise BonsaiFormatError(path, "__metadata__", f"invalid canonical {what}: {e}") from e

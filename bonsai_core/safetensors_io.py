@@ -272,6 +272,8 @@ class SafetensorsReader:
                 flat = torch.frombuffer(self._mapped(), dtype=torch.uint8, count=end - start, offset=offset)
             else:
                 flat = self._pread(name, offset, end - start)
+        except BonsaiFormatError:
+            raise
         except (OSError, ValueError) as err:  # closed, or shrunk since the header was read
             raise BonsaiFormatError(self.path, name, f"cannot read tensor data: {err}") from err
         return flat.view(dtype).reshape(e["shape"])
@@ -279,7 +281,9 @@ class SafetensorsReader:
     def _mapped(self) -> _mmap.mmap:
         with self._lock:
             if self._map is None:
-                if os.fstat(self._file.fileno()).st_size < self._data_start + max((e["data_offsets"][1] for e in self.entries.values()), default=0):
+                if os.fstat(self._file.fileno()).st_size < self._data_start + max(
+                    (e["data_offsets"][1] for e in self.entries.values()), default=0
+                ):
                     raise ValueError("the file shrank after its header was read")
                 self._map = _mmap.mmap(self._file.fileno(), 0, access=_mmap.ACCESS_COPY)
             return self._map

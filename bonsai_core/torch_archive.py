@@ -54,9 +54,13 @@ def check_archive(path: str | os.PathLike[str]) -> None:
                     if info.filename in names:
                         raise BonsaiFormatError(p, info.filename, "archive entry appears twice")
                     names.add(info.filename)
+        except BonsaiFormatError:
+            raise
         except zipfile.BadZipFile as e:
             raise BonsaiFormatError(
-                p, None, f"not a torch.save zip archive ({e}): truncated or corrupt download, or a raw pickle (only torch.save archives are read)"
+                p,
+                None,
+                f"not a torch.save zip archive ({e}): truncated or corrupt download, or a raw pickle (only torch.save archives are read)",
             ) from e
         except (OSError, EOFError, ValueError, struct.error) as e:
             raise BonsaiFormatError(p, None, f"corrupt zip archive: {e}") from e
