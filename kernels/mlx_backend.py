@@ -2,9 +2,9 @@
 on Linux CPU through ``mlx[cpu]`` (which is how CI exercises it).
 
 Weights: the canonical codes viewed as little-endian uint32 *are* MLX's packed layout
-(``uint32 [N, K*bits/32]``, LSB-first), and MLX's affine ``w = scales * q + biases`` gives the
-Bonsai values with binary ``scales = 2s, biases = -s`` and ternary ``scales = s, biases = -s``.
-Both are built once per layer, in the activation dtype (MLX wants scales in the dtype of x),
+(``uint32 [N, K*bits/32]``, LSB-first), and MLX's affine ``w = scales * q + biases`` is the
+weight object's own ``affine()`` form (the runtime defines the formula once). Both are built once
+per layer, in the activation dtype (MLX wants scales in the dtype of x),
 and kept in the layer's ``state``. That copy lives in MLX's allocator (packed size plus the
 scale/bias tables), next to the torch buffers.
 
@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from .base import BackendUnavailable, LowBitBackend
+from .base import BackendUnavailable, LowBitBackend, PackedLinearWeight
 
-_GROUP = 128
 _TORCH_TO_MLX = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
 
@@ -57,13 +56,12 @@ def mlx_packed(codes: torch.Tensor) -> Any:
     return w
 
 
-def mlx_affine(scales: torch.Tensor, bits: int, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Canonical scales -> MLX affine (scales, biases) in ``dtype``: w = scales * q + biases."""
+def mlx_affine(weight: PackedLinearWeight, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The weight's affine form -> MLX (scales, biases) in ``dtype``: w = scales * q + biases."""
     mx = _import_mlx()
-    s = scales.detach().to("cpu", torch.float32)
-    scale = 2.0 * s if bits == 1 else s
-    mlx_scales = _to_mlx(scale.to(dtype), mx)
-    mlx_biases = _to_mlx((-s).to(dtype), mx)
+    scale, zero = weight.affine(dtype)
+    mlx_scales = _to_mlx(scale.detach().to("cpu"), mx)
+    mlx_biases = _to_mlx(zero.detach().to("cpu"), mx)
     mx.eval(mlx_scales, mlx_biases)
     return mlx_scales, mlx_biases
 
@@ -82,10 +80,9 @@ class MLXBackend(LowBitBackend):
         if not hasattr(mx, "quantized_matmul") or not hasattr(mx, "from_dlpack"):
             raise BackendUnavailable(f"mlx {getattr(mx, '__version__', '?')} lacks quantized_matmul/from_dlpack; need mlx>=0.32.4")
 
-    def _weights(
-        self, codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype, state: dict[str, Any]
-    ) -> tuple[Any, Any, Any]:
-        key = (codes.device, codes.data_ptr(), scales.data_ptr(), tuple(codes.shape), bits)
+    def _weights(self, weight: PackedLinearWeight, dtype: torch.dtype, state: dict[str, Any]) -> tuple[Any, Any, Any]:
+        codes, scales = weight.codes, weight.scales
+        key = (codes.device, codes.data_ptr(), scales.data_ptr(), tuple(codes.shape), weight.bits)
         cached = state.get("mlx")
         if cached is None or cached[0] != key:
             cached = (key, {})
@@ -93,14 +90,14 @@ class MLXBackend(LowBitBackend):
         if "packed" not in cached[1]:
             cached[1]["packed"] = mlx_packed(codes)
         if dtype not in cached[1]:  # scales follow the activation dtype; the packed words do not
-            cached[1][dtype] = mlx_affine(scales, bits, dtype)
+            cached[1][dtype] = mlx_affine(weight, dtype)
         return (cached[1]["packed"], *cached[1][dtype])
 
-    def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
+    def matmul(self, x2d: torch.Tensor, weight: PackedLinearWeight, state: dict[str, Any]) -> torch.Tensor:
         mx = _import_mlx()
-        w, s, b = self._weights(codes, scales, bits, x2d.dtype, state)
+        w, s, b = self._weights(weight, x2d.dtype, state)
         x_mx = _to_mlx(x2d.detach().to("cpu"), mx)
-        y_mx = mx.quantized_matmul(x_mx, w, s, b, transpose=True, group_size=_GROUP, bits=bits)
+        y_mx = mx.quantized_matmul(x_mx, w, s, b, transpose=True, group_size=weight.group_size, bits=weight.bits)
         mx.eval(y_mx)
         y = torch.from_dlpack(y_mx)  # shares MLX's buffer (it stays alive through the capsule)
         return y.to(x2d.device) if x2d.device.type != "cpu" else y

@@ -1,4 +1,4 @@
-"""Reference backend: unpack + scale with the one dequantization formula, then ``F.linear``.
+"""Reference backend: the weight object's own dequantization, then ``F.linear``.
 
 Runs wherever torch runs (CPU, CUDA, ROCm, XPU, MPS). The dense weight exists only for the
 duration of one call (one layer at a time) and is never cached: holding it would defeat the
@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from ..packing import dequantize
-from .base import BackendUnavailable, LowBitBackend
+from .base import BackendUnavailable, LowBitBackend, PackedLinearWeight
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -26,9 +25,8 @@ class TorchReferenceBackend(LowBitBackend):
         if dtype not in _FLOATS:
             raise BackendUnavailable(f"activation dtype {dtype} is not float16/bfloat16/float32")
 
-    def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
+    def matmul(self, x2d: torch.Tensor, weight: PackedLinearWeight, state: dict[str, Any]) -> torch.Tensor:
         # The weight is built in the activation dtype: values are {-1, 0, +1} * s, so the only
         # rounding is s itself (exact for fp16-exact scales in fp16/fp32; bf16 rounds s to 8 bits,
         # as a dense bf16 checkpoint would).
-        w = dequantize(codes, scales, bits, dtype=x2d.dtype)
-        return torch.nn.functional.linear(x2d, w)
+        return torch.nn.functional.linear(x2d, weight.dequantize(x2d.dtype))

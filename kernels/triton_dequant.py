@@ -2,14 +2,14 @@
 reused dense scratch ``[N, K]`` in the compute dtype, then cuBLAS does ``x @ W.T``.
 
 Why: at Klein's token counts (M = 1.5k-18k) the matmul is compute-bound, so weight-only
-low-bit GEMMs lose to cuBLAS (peers.md "Measured on an H100"). Writing the dense weight once
+low-bit GEMMs lose to cuBLAS (docs/benchmarks/linear-h100.md). Writing the dense weight once
 per call costs ~2 bytes/weight of bandwidth (~60 us for the largest layer on an H100), far less
 than what a slower GEMM loses. Only one scratch exists per (device, dtype), sized to the largest
 layer seen, shared by every layer: resident memory stays packed.
 
-The result is bit-exact with :func:`bonsai_core.packing.dequantize` in the same dtype:
-values are ``{-1, 0, +1}``, the scale is rounded to the compute dtype first (as ``.to(dtype)``
-does), and the product of the two is exact.
+The result is bit-exact with the weight object's ``dequantize`` in the same dtype: the kernel
+evaluates the weight's own ``code_map`` (value = q * step + offset, in {-1, 0, +1}), the scale is
+rounded to the compute dtype first (as ``.to(dtype)`` does), and the product of the two is exact.
 """
 
 # No ``from __future__ import annotations``: triton (its interpreter in particular) needs the
@@ -29,17 +29,15 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = SimpleNamespace(constexpr=int)  # lets the kernel signatures below be evaluated
 
-from ..klein import GROUP_SIZE
-from ..packing import STEP, dequantize
-from .base import BackendUnavailable, LowBitBackend
+from .base import BackendUnavailable, LowBitBackend, PackedLinearWeight
 
 log = logging.getLogger(__name__)
 
-# Rows of W per program and warps; 128 K-columns (one group) per program keeps one scale per
-# row. Run 1 on an H100 reached only ~0.9 TB/s with 32 rows / 4 warps, so the block is now a
-# measured choice per layer shape (namespace "dequant" of the per-GPU table).
-_BLOCK_N = 32
-DEQUANT_CONFIGS: dict[str, tuple[int, int]] = {"n32w4": (32, 4), "n64w4": (64, 4), "n128w8": (128, 8), "n256w8": (256, 8)}
+# (rows of W per program, warps); one scale group of K-columns per program keeps one scale per
+# row. Run 1 on an H100 reached only ~0.9 TB/s with 32 rows / 4 warps; the shipped H100 table
+# (namespace "dequant") picked 64 rows / 4 warps for most Klein shapes, so that is the static
+# choice (first) when no measured entry exists.
+DEQUANT_CONFIGS: dict[str, tuple[int, int]] = {"n64w4": (64, 4), "n32w4": (32, 4), "n128w8": (128, 8), "n256w8": (256, 8)}
 
 
 def triton_available() -> bool:
@@ -53,12 +51,13 @@ def interpreting() -> bool:
 
 def _dequant_kernel_src(
     codes_ptr, scales_ptr, out_ptr, N, codes_stride, scales_stride, out_stride,
-    BITS: tl.constexpr, STEP_V: tl.constexpr, BLOCK_N: tl.constexpr, OUT_FP8: tl.constexpr, ROUND_BF16: tl.constexpr,
+    BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr, OUT_FP8: tl.constexpr, ROUND_BF16: tl.constexpr,
 ):  # fmt: skip
     # Plain function, wrapped by triton.jit in _kernels(): the interpreter mode
     # (TRITON_INTERPRET) is read when a function is wrapped, so tests can switch it.
     E: tl.constexpr = 8 // BITS
-    KB: tl.constexpr = 128 // E  # packed bytes per 128-group
+    KB: tl.constexpr = GROUP // E  # packed bytes per scale group
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_n = tl.program_id(0)
     g = tl.program_id(1)
@@ -68,15 +67,13 @@ def _dequant_kernel_src(
     byte = tl.load(codes_ptr + rows[:, None] * codes_stride + (g * KB + cols_b)[None, :], mask=rmask[:, None], other=0)
     shifts = tl.arange(0, E) * BITS
     q3 = (byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK
-    q = tl.reshape(q3, (BLOCK_N, 128))  # element (n, b, e) is k = b * E + e: LSB-first
-    cols = g * 128 + tl.arange(0, 128)
+    q = tl.reshape(q3, (BLOCK_N, GROUP))  # element (n, b, e) is k = b * E + e: LSB-first
+    cols = g * GROUP + tl.arange(0, GROUP)
+    v = q.to(tl.float32) * STEP_V + OFFSET_V  # the weight's code map: exactly -1, 0 or +1
     if OUT_FP8:
-        # e4m3 bit patterns of -1 (0xB8), 0 (0x00), +1 (0x38); scales are applied by the GEMM.
-        if BITS == 1:
-            bits8 = tl.where(q == 0, 0xB8, 0x38)
-        else:
-            bits8 = tl.where(q == 0, 0xB8, tl.where(q == 1, 0x00, 0x38))
-        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], bits8.to(tl.uint8), mask=rmask[:, None])
+        # unscaled values in e4m3 (exact), stored through a uint8 view; the GEMM applies the scales
+        v8 = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], v8, mask=rmask[:, None])
     else:
         s = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
         if ROUND_BF16:
@@ -85,7 +82,6 @@ def _dequant_kernel_src(
             u = s.to(tl.uint32, bitcast=True)
             u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
             s = u.to(tl.float32, bitcast=True)
-        v = q.to(tl.float32) * STEP_V - 1.0
         w = (v * s[:, None]).to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], w, mask=rmask[:, None])
 
@@ -96,15 +92,15 @@ def _kernels(interpret: bool) -> Any:
     return triton.jit(_dequant_kernel_src, do_not_specialize=["N"])
 
 
-def unpack_into(
-    codes: torch.Tensor, scales: torch.Tensor, bits: int, out: torch.Tensor, *, fp8_values: bool = False, config: str = "n32w4"
-) -> torch.Tensor:
+def unpack_into(weight: PackedLinearWeight, out: torch.Tensor, *, fp8_values: bool = False, config: str = "n64w4") -> torch.Tensor:
     """Write the dense weight ``[N, K]`` into ``out`` (float dtype), or with ``fp8_values`` the
     unscaled e4m3 values ``{-1, 0, +1}`` as a uint8 view. Returns ``out``."""
+    codes, scales, bits, group = weight.codes, weight.scales, weight.bits, weight.group_size
     n = codes.shape[0]
-    k = scales.shape[1] * GROUP_SIZE
+    k = scales.shape[1] * group
     if codes.shape[1] * (8 // bits) != k or out.shape != (n, k):
         raise ValueError(f"codes {list(codes.shape)} / scales {list(scales.shape)} / out {list(out.shape)} disagree at {bits} bit")
+    step, offset = weight.code_map
     round_bf16 = False
     if not fp8_values and scales.dtype != out.dtype and out.dtype != torch.float32:
         if out.dtype == torch.bfloat16:
@@ -113,10 +109,11 @@ def unpack_into(
             scales = scales.to(out.dtype)
     kern = _kernels(interpreting())
     block_n, warps = DEQUANT_CONFIGS[config]
-    grid = (triton.cdiv(n, block_n), k // GROUP_SIZE)
+    grid = (triton.cdiv(n, block_n), k // group)
     kern[grid](
         codes, scales, out, n, codes.stride(0), scales.stride(0), out.stride(0),
-        BITS=bits, STEP_V=float(STEP[bits]), BLOCK_N=block_n, OUT_FP8=fp8_values, ROUND_BF16=round_bf16, num_warps=warps,
+        BITS=bits, STEP_V=float(step), OFFSET_V=float(offset), GROUP=group,
+        BLOCK_N=block_n, OUT_FP8=fp8_values, ROUND_BF16=round_bf16, num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -158,9 +155,11 @@ class TritonDequantBackend(LowBitBackend):
     name = "triton_dequant"
 
     def check(self, device: torch.device, dtype: torch.dtype, bits: int) -> None:
-        if bits not in STEP:
+        if bits not in (1, 2):
             raise BackendUnavailable(f"triton_dequant: bits must be 1 or 2, got {bits}")
         if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable("triton_dequant: torch reports no usable CUDA device")
             if not triton_available():
                 raise BackendUnavailable(
                     "triton_dequant: triton is not installed (pip install triton); the 'torch' backend works without it"
@@ -170,25 +169,22 @@ class TritonDequantBackend(LowBitBackend):
             return
         raise BackendUnavailable(f"triton_dequant: needs a CUDA device, got {device.type}")
 
-    def matmul(self, x2d: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, state: dict[str, Any]) -> torch.Tensor:
-        n, k = codes.shape[0], scales.shape[1] * GROUP_SIZE
+    def matmul(self, x2d: torch.Tensor, weight: PackedLinearWeight, state: dict[str, Any]) -> torch.Tensor:
         if not triton_available():
             # pure-torch fallback (same formula, one dense temporary)
-            return torch.nn.functional.linear(x2d, dequantize(codes, scales, bits, dtype=x2d.dtype))
-        w = SCRATCH.get(x2d.device, x2d.dtype, (n, k))
-        unpack_into(codes, scales, bits, w, config=self._config(codes, scales, bits, w, state))
+            return torch.nn.functional.linear(x2d, weight.dequantize(x2d.dtype))
+        w = SCRATCH.get(x2d.device, x2d.dtype, (weight.out_features, weight.in_features))
+        unpack_into(weight, w, config=self._config(weight, w, state))
         return torch.nn.functional.linear(x2d, w)
 
-    @staticmethod
-    def _config(codes: torch.Tensor, scales: torch.Tensor, bits: int, w: torch.Tensor, state: dict[str, Any]) -> str:
+    def _config(self, weight: PackedLinearWeight, w: torch.Tensor, state: dict[str, Any]) -> str:
         if w.device.type != "cuda":
-            return "n32w4"
-        from ..autotune_table import entry_key, get_table
-
-        key = entry_key("dequant", codes.shape[0], w.shape[1], bits, w.dtype, 1)
+            return next(iter(DEQUANT_CONFIGS))
+        key = f"dequant_config|{w.dtype}"
         cfg = state.get(key)
         if cfg is None:
-            cands = {c: (lambda c=c: unpack_into(codes, scales, bits, w, config=c)) for c in DEQUANT_CONFIGS}
-            cfg = get_table(w.device).pick(key, cands, w.device, reps=5)
+            cands = {c: (lambda c=c: unpack_into(weight, w, config=c)) for c in DEQUANT_CONFIGS}
+            # the scratch does not depend on the token count: one entry per layer shape (m=1)
+            cfg = self.context.choose("dequant", weight, 1, w.dtype, cands, w.device)
             state[key] = cfg
         return cfg

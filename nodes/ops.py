@@ -35,9 +35,14 @@ import comfy.model_management
 import comfy.ops
 import torch
 
+from ..bonsai_core import dispatch
 from ..bonsai_core.dispatch import lowbit_linear
 from ..bonsai_core.klein import GROUP_SIZE
 from ..bonsai_core.lowrank import LowRankBranch, apply_low_rank
+from ..bonsai_core.packing import PackedWeight
+from ..kernels import BACKENDS
+
+dispatch.register_backends(BACKENDS)  # bonsai_core never imports kernels: the pack hands them over
 
 log = logging.getLogger("bonsai_image.ops")
 
@@ -240,7 +245,10 @@ class BonsaiOps(comfy.ops.manual_cast):
                 state: dict[str, Any] = {}
             else:
                 state = self._resident_state(codes, scales)
-            y = lowbit_linear(x, codes, scales, self.bonsai_bits, backend=self.bonsai_backend, state=state)
+            weight = state.get("weight")
+            if weight is None:  # shapes were checked at load: build the weight object once per placement
+                weight = state["weight"] = PackedWeight(codes, scales, self.bonsai_bits)
+            y = lowbit_linear(x, weight, backend=self.bonsai_backend, state=state)
             branches = self.bonsai_lora + self._branches_from_weight_functions()
             if branches:
                 y = apply_low_rank(x, y, branches)
@@ -285,13 +293,3 @@ def bonsai_linears(model: torch.nn.Module) -> Iterator[tuple[str, BonsaiOps.Line
         if isinstance(m, BonsaiOps.Linear):
             yield name, m
 
-
-def set_backend(model: torch.nn.Module, backend: str) -> int:
-    """Switch the backend of every packed linear in ``model``; returns how many were switched."""
-    n = 0
-    for _, m in bonsai_linears(model):
-        if m.is_packed:
-            m.bonsai_backend = backend
-            m._drop_state()
-            n += 1
-    return n

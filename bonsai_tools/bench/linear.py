@@ -24,13 +24,17 @@ from typing import Any
 
 import torch
 
+import kernels
+from bonsai_core import dispatch
 from bonsai_core.atomic import atomic_path
 from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
-from bonsai_core.kernel_cache import device_tag, klein_linear_shapes
+from bonsai_core.dispatch.cache import device_tag
+from bonsai_core.dispatch.tune import klein_linear_shapes
 from bonsai_core.klein import KLEIN_4B, diffusers_quantized_linears
-from bonsai_core.packing import dequantize, pack_codes
+from bonsai_core.packing import PackedWeight, dequantize, pack_codes
 
 log = logging.getLogger(__name__)
+dispatch.register_backends(kernels.BACKENDS)  # the runtime never imports kernels: tooling hands them over
 
 DEFAULT_MS = "1,16,256,1536,4608,18432"
 VARIANT_BITS = {"binary": 1, "ternary": 2}
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     # through lowbit_linear (validation, M=0) with the backend forced; availability
                     # was checked above, so no silent fallback can mislabel a row
-                    runs.append((b, functools.partial(lowbit_linear, x, codes, scales, bits, backend=b, state=states[b])))
+                    runs.append((b, functools.partial(lowbit_linear, x, PackedWeight(codes, scales, bits), backend=b, state=states[b])))
                 for name, fn in runs:
                     t0 = time.perf_counter()
                     y = fn()

@@ -267,8 +267,7 @@ def run_variant(variant: str, args: argparse.Namespace, ops_mod: types.ModuleTyp
     gc.collect()
     torch.cuda.empty_cache()
 
-    core("_kernels_loader").load_kernels()
-    td = core("kernels.triton_dequant")
+    td = importlib.import_module(f"{PKG}.kernels.triton_dequant")  # the copy the pack's ops registered
     for backend in args.backends:
         ops = ops_mod.make_bonsai_ops(backend, bits)
         td.SCRATCH.clear()
@@ -295,7 +294,7 @@ def run_variant(variant: str, args: argparse.Namespace, ops_mod: types.ModuleTyp
 
 
 def chosen_backends(device: Any) -> dict[str, Any]:
-    table = core("autotune_table").get_table(device)
+    table = core("dispatch.table").get_table(device)
     return {k: v for k, v in table.entries().items()}
 
 
@@ -405,16 +404,12 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
     (BFL fused shapes), summed per step with each shape's count. Uses the top-level core."""
     import torch
 
-    from bonsai_core._kernels_loader import load_kernels
-    from bonsai_core.autotune_table import time_candidate
-    from bonsai_core.kernel_cache import klein_linear_shapes
+    from bonsai_core.dispatch.tune import klein_linear_shapes, time_candidate
     from bonsai_core.klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
-    from bonsai_core.packing import dequantize
+    from bonsai_core.packing import PackedWeight, dequantize
     from bonsai_core.packing import pack_codes as core_pack
-
-    load_kernels()
-    from bonsai_core.kernels import fp8_blockwise as fp
-    from bonsai_core.kernels import triton_dequant as td
+    from kernels import fp8_blockwise as fp
+    from kernels import triton_dequant as td
 
     device = torch.device("cuda")
     fused = diffusers_quantized_linears(KLEIN_4B)
@@ -428,27 +423,26 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
         for bits in args.sweep_bits:
             codes = core_pack(torch.randint(0, 2 if bits == 1 else 3, (n, k), dtype=torch.uint8, device=device), bits)
             sc = (torch.rand(n, k // 128, device=device) * 0.02 + 1e-4).half()
+            pw = PackedWeight(codes, sc, bits)
             w = dequantize(codes, sc, bits, torch.bfloat16)
             for m in args.sweep_m:
                 x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
                 row: dict[str, Any] = {"k": k, "n": n, "bits": bits, "m": m, "count": counts.get((k, n), 0), "ms": {}}
                 cands: dict[str, Any] = {
                     "bf16": lambda x=x, w=w: torch.nn.functional.linear(x, w),
-                    "dequant_only": lambda codes=codes, sc=sc, bits=bits: td.unpack_into(
-                        codes, sc, bits, td.SCRATCH.get(device, torch.bfloat16, (codes.shape[0], sc.shape[1] * 128))
-                    ),
-                    "triton_dequant": lambda x=x, codes=codes, sc=sc, bits=bits: td.TritonDequantBackend().matmul(x, codes, sc, bits, {}),
-                    "act_quant_only": lambda x=x: fp.quantize_activations(x),
+                    "dequant_only": lambda pw=pw: td.unpack_into(pw, td.SCRATCH.get(device, torch.bfloat16, (pw.out_features, pw.in_features))),
+                    "triton_dequant": lambda x=x, pw=pw: td.TritonDequantBackend().matmul(x, pw, {}),
+                    "act_quant_only": lambda x=x, pw=pw: fp.quantize_activations(x, pw.group_size),
                 }
                 for v in variants:
-                    cands[f"fp8/{v}"] = lambda v=v, x=x, codes=codes, sc=sc, bits=bits: fp.run_variant(v, x, codes, sc, bits)
+                    cands[f"fp8/{v}"] = lambda v=v, x=x, pw=pw: fp.run_variant(v, x, pw)
                 for name, fn in cands.items():
                     try:
                         row["ms"][name] = time_candidate(fn, device, warmup=2, reps=10)
                     except Exception as e:  # noqa: BLE001 - a variant that fails to compile is reported, not fatal
                         row["ms"][name] = None
                         row.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:300]}"
-                y = fp.run_variant(variants[0], x, codes, sc, bits).float()
+                y = fp.run_variant(variants[0], x, pw).float()
                 ref = torch.nn.functional.linear(x, w).float()
                 row["fp8_rel_err"] = float((y - ref).norm() / ref.norm())
                 rows.append(row)
@@ -459,7 +453,7 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
                     "K%d N%d b%d M%d: bf16 %.3f, triton_dequant %.3f, best fp8 %s %.3f ms",
                     k, n, bits, m, row["ms"]["bf16"], row["ms"]["triton_dequant"] or -1, best, row["ms"].get(best) or -1,
                 )  # fmt: skip
-            del codes, sc, w
+            del codes, sc, w, pw
     totals: dict[str, dict[str, float]] = {}
     for row in rows:
         t = totals.setdefault(f"b{row['bits']}-M{row['m']}", {})

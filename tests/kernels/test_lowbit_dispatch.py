@@ -1,4 +1,4 @@
-"""Backend selection: explicit argument > $BONSAI_BACKEND > selectors / rules file > static
+"""Backend selection: explicit argument > $BONSAI_BACKEND > measured table > rules file > static
 rules; unavailable backends fall back to torch with one warning; nothing crashes."""
 
 from __future__ import annotations
@@ -11,8 +11,13 @@ import pytest
 import torch
 from lowbit_helpers import TOL, assert_close_to_reference, random_packed
 
+import kernels
 from bonsai_core import dispatch
-from bonsai_core.dispatch import BACKENDS, lowbit_linear, register_selector, select_backend, unregister_selector
+from bonsai_core.dispatch import lowbit_linear, rules, select_backend
+from bonsai_core.dispatch.cache import cache_dir
+from bonsai_core.dispatch.registry import forget_availability
+from bonsai_core.dispatch.table import TABLE_VERSION, device_tag, entry_key
+from bonsai_core.packing import PackedWeight
 
 CPU = torch.device("cpu")
 
@@ -22,12 +27,20 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(dispatch.ENV_BACKEND, raising=False)
     monkeypatch.setenv("BONSAI_CACHE_DIR", str(tmp_path / "cache"))
     dispatch.reload_tables()
-    dispatch._warned.clear()
+    forget_availability()
 
 
-def test_registry_lists_the_three_backends_and_is_extensible() -> None:
-    assert {"torch", "gemlite", "mlx"} <= set(BACKENDS)
-    assert all(isinstance(v, tuple) and len(v) == 2 for v in BACKENDS.values())
+def write_table(device: torch.device, entries: dict[str, str]) -> None:
+    path = cache_dir(device) / "dispatch.json"
+    data = {"version": TABLE_VERSION, "device": device_tag(device), "entries": {k: {"winner": v, "ms": {}} for k, v in entries.items()}}
+    path.write_text(json.dumps(data))
+    dispatch.reload_tables()
+
+
+def test_registry_is_what_the_consumer_registered() -> None:
+    assert {"torch", "triton_dequant", "gemlite", "mlx", "fp8"} <= set(dispatch.backend_names())
+    assert set(dispatch.backend_names()) == set(kernels.BACKENDS)
+    assert all(callable(f) for f in kernels.BACKENDS.values())
 
 
 def test_cpu_defaults_to_torch() -> None:
@@ -55,32 +68,33 @@ def test_unavailable_backend_falls_back_with_one_warning(caplog: pytest.LogCaptu
     x = torch.randn(4, 256)
     with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
         for _ in range(3):
-            y = lowbit_linear(x, codes, scales, 1, backend="gemlite")  # gemlite needs CUDA
+            y = lowbit_linear(x, PackedWeight(codes, scales, 1), backend="gemlite")  # gemlite needs CUDA
     assert_close_to_reference(y, x, codes, scales, 1, TOL[torch.float32])
     warnings = [r for r in caplog.records if "gemlite" in r.getMessage()]
     assert len(warnings) == 1
     assert "CUDA" in warnings[0].getMessage() and "'torch'" in warnings[0].getMessage()
 
 
-def test_cuda_without_usable_gemlite_uses_torch_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    # On this machine torch has no usable CUDA device, so the static rule's gemlite choice is
-    # unavailable: the real check runs (no mocks) and the answer must be torch plus a reason.
+def test_cuda_without_usable_gpu_uses_torch_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    # On this machine torch has no usable CUDA device, so the static rules' CUDA choices are
+    # unavailable: the real checks run (no mocks) and the answer must be torch plus a reason.
     if torch.cuda.is_available():
         pytest.skip("CUDA present: covered by the gpu tests")
     with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
         assert select_backend(torch.device("cuda"), torch.float16, 2, 1) == "torch"
         assert select_backend(torch.device("cuda"), torch.float16, 2, 4096) == "torch"  # large M: no gemlite attempt
     assert sum("gemlite" in r.getMessage() for r in caplog.records) == 1
+    assert sum("triton_dequant" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_static_rule_keeps_narrow_layers_on_torch(caplog: pytest.LogCaptureFixture) -> None:
-    # measured on the H100: gemlite only pays off for few tokens on wide (N >= 8192) layers
-    # (the static rules directly: on a real GPU the measured selector answers first)
+def test_static_rules_only_try_gemlite_for_few_tokens_on_wide_layers(caplog: pytest.LogCaptureFixture) -> None:
+    # measured on the H100: gemlite only pays off for few tokens on wide (N >= 8192) layers;
+    # everywhere else the exact dequant + cuBLAS path won
     cuda = torch.device("cuda")
     with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
-        assert dispatch._static_choice(cuda, torch.bfloat16, 1, 1, n=3072) == "torch"
-        assert dispatch._static_choice(cuda, torch.bfloat16, 1, 4608, n=27648) == "torch"
-    assert not caplog.records  # gemlite was not even considered, so nothing to warn about
+        rules.static_choice(cuda, torch.bfloat16, 1, 1, n=3072)
+        rules.static_choice(cuda, torch.bfloat16, 1, 4608, n=27648)
+    assert not [r for r in caplog.records if "gemlite" in r.getMessage()]  # gemlite was not even considered
 
 
 def test_mps_prefers_mlx_when_importable() -> None:
@@ -89,52 +103,60 @@ def test_mps_prefers_mlx_when_importable() -> None:
     assert select_backend(torch.device("mps"), torch.float16, 1, 4096) == expected
 
 
-def test_selector_hook_is_consulted_first() -> None:
-    def prefer_mlx(device, dtype, bits, m, k, n):  # noqa: ANN001, ANN202
-        return "mlx" if (k, n) == (256, 16) and m <= 8 else None
+def test_measured_table_is_consulted_per_shape_and_token_bucket() -> None:
+    write_table(CPU, {entry_key("backend", 16, 256, 1, torch.float32, 4): "mlx"})
+    assert select_backend(CPU, torch.float32, 1, 4, k=256, n=16) == "mlx"
+    assert select_backend(CPU, torch.float32, 1, 3, k=256, n=16) == "mlx"  # same bucket (4)
+    assert select_backend(CPU, torch.float32, 1, 64, k=256, n=16) == "torch"  # other bucket: static rules
+    assert select_backend(CPU, torch.float32, 1, 4, k=128, n=16) == "torch"  # other shape
+    assert select_backend(CPU, torch.float32, 1, 4, k=256, n=16, requested="torch") == "torch"  # explicit wins
 
-    register_selector(prefer_mlx)
-    try:
-        assert select_backend(CPU, torch.float32, 1, 4, k=256, n=16) == "mlx"
-        assert select_backend(CPU, torch.float32, 1, 64, k=256, n=16) == "torch"
-        assert select_backend(CPU, torch.float32, 1, 4, k=128, n=16) == "torch"
-    finally:
-        unregister_selector(prefer_mlx)
+
+def test_table_entry_naming_an_unavailable_or_inexact_backend_is_skipped() -> None:
+    write_table(
+        CPU,
+        {
+            entry_key("backend", 16, 256, 1, torch.float32, 4): "gemlite",  # cannot run on CPU
+            entry_key("backend", 16, 256, 1, torch.float32, 8): "fp8",  # not exact: never under plain auto
+        },
+    )
     assert select_backend(CPU, torch.float32, 1, 4, k=256, n=16) == "torch"
+    assert select_backend(CPU, torch.float32, 1, 8, k=256, n=16) == "torch"
 
 
-def test_selector_naming_an_unavailable_backend_is_skipped() -> None:
-    register_selector(lambda *a: "gemlite")
-    try:
-        assert select_backend(CPU, torch.float32, 1, 4) == "torch"
-    finally:
-        dispatch._selectors.clear()
-
-
-def test_rules_file_in_the_cache_dir(tmp_path: Path) -> None:
-    from bonsai_core.kernel_cache import cache_dir
-
-    rules = {"rules": [{"backend": "mlx", "bits": 2, "dtype": "float16", "m_max": 32}, {"backend": "gemlite", "m_max": 10**9}]}
-    (cache_dir(CPU) / "dispatch-rules.json").write_text(json.dumps(rules))
+def test_rules_file_in_the_cache_dir() -> None:
+    rules_json = {"rules": [{"backend": "mlx", "bits": 2, "dtype": "float16", "m_max": 32}, {"backend": "gemlite", "m_max": 10**9}]}
+    (cache_dir(CPU) / "dispatch-rules.json").write_text(json.dumps(rules_json))
     dispatch.reload_tables()
     assert select_backend(CPU, torch.float16, 2, 32) == "mlx"
     assert select_backend(CPU, torch.float16, 2, 33) == "torch"  # gemlite rule matches but cannot run on CPU
     assert select_backend(CPU, torch.float32, 2, 1) == "torch"
 
 
-def test_corrupt_rules_file_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from bonsai_core.kernel_cache import cache_dir
-
+def test_corrupt_rules_file_and_table_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
     (cache_dir(CPU) / "dispatch-rules.json").write_text("{not json")
+    (cache_dir(CPU) / "dispatch.json").write_text("[1, 2")
     dispatch.reload_tables()
     with caplog.at_level(logging.WARNING):
-        assert select_backend(CPU, torch.float16, 2, 1) == "torch"
-    assert any("unreadable" in r.getMessage() for r in caplog.records)
+        assert select_backend(CPU, torch.float16, 2, 1, k=256, n=16) == "torch"
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_importing_backends_without_optional_packages_never_fails() -> None:
     # gemlite is not installed here (CPU CI); the module must still import and report why.
-    from bonsai_core.kernels import gemlite_backend  # noqa: F401
+    from kernels import gemlite_backend  # noqa: F401
 
     reason = dispatch.unavailable_reason("gemlite", CPU, torch.float16, 1)
     assert reason is not None and "CUDA" in reason
+
+
+def test_nothing_registered_is_a_clear_error() -> None:
+    from bonsai_core.dispatch import registry
+
+    saved = dict(registry._factories)
+    registry._factories.clear()
+    try:
+        with pytest.raises(RuntimeError, match="register_backends"):
+            dispatch.get_backend("torch")
+    finally:
+        dispatch.register_backends(saved)

@@ -19,6 +19,7 @@ os.environ.setdefault("BONSAI_GEMLITE_AUTOTUNE", "default")
 from lowbit_helpers import TOL, VARIANTS, assert_close_to_reference, random_packed
 
 from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
+from bonsai_core.packing import PackedWeight
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -36,13 +37,13 @@ def test_bit_exact_on_integer_inputs(variant: str, k: int, n: int) -> None:
     """Small integer activations and power-of-two scales make every product and partial sum
     exact in fp32, so gemlite's fp32 output must equal the dequantized reference bit for bit,
     for every kernel kind (GEMV, split-K, GEMM): any packing/sign/zero error shows up here."""
-    from bonsai_core.kernels.gemlite_backend import build_gemlite_layer
+    from kernels.gemlite_backend import build_gemlite_layer
 
     bits = VARIANTS[variant]
     codes, _ = random_packed(n, k, bits, seed=k + n, device=CUDA)
     g = torch.Generator().manual_seed(1)
     scales = (2.0 ** -torch.randint(2, 7, (n, k // 128), generator=g)).half().to(CUDA)
-    layer = build_gemlite_layer(codes, scales, bits)
+    layer = build_gemlite_layer(PackedWeight(codes, scales, bits))
     from bonsai_core.packing import dequantize
 
     w = dequantize(codes, scales, bits, torch.float32)
@@ -63,7 +64,7 @@ def test_matches_reference_through_dispatch(variant: str, k: int, n: int, dtype:
     state: dict = {}
     for m in MS:
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(CUDA, dtype)
-        y = lowbit_linear(x, codes, scales, bits, backend="gemlite", state=state)
+        y = lowbit_linear(x, PackedWeight(codes, scales, bits), backend="gemlite", state=state)
         assert y.dtype == dtype and y.shape == (m, n) and y.device.type == "cuda"
         assert_close_to_reference(y, x, codes, scales, bits, TOL[dtype])
     assert "gemlite" in state
@@ -71,45 +72,77 @@ def test_matches_reference_through_dispatch(variant: str, k: int, n: int, dtype:
 
 @needs_gemlite
 def test_dispatch_rules_on_cuda() -> None:
+    # static rules (no table entry for these shapes): gemlite for few tokens, the exact dequant path otherwise
     assert select_backend(CUDA, torch.bfloat16, 1, 1) == "gemlite"
     assert select_backend(CUDA, torch.float16, 2, 64) == "gemlite"
-    assert select_backend(CUDA, torch.bfloat16, 2, 4608) == "torch"
-    assert select_backend(CUDA, torch.float32, 2, 1) == "torch"
+    assert select_backend(CUDA, torch.bfloat16, 2, 4608) == "triton_dequant"
+    assert select_backend(CUDA, torch.float32, 2, 1) == "triton_dequant"
 
 
 @needs_gemlite
-def test_bonsai_linear_on_cuda_bad_inputs_and_move() -> None:
-    from bonsai_core.linear import BonsaiLinear
-    from bonsai_core.packing import PackedWeight
-
+def test_gemlite_through_dispatch_on_cuda_bad_inputs_and_new_placement() -> None:
     codes, scales = random_packed(384, 256, 2, seed=9)
-    layer = BonsaiLinear.from_packed(PackedWeight(codes, scales, 2), backend="gemlite").to(CUDA)
+    weight = PackedWeight(codes, scales, 2).to(CUDA)
+    state: dict = {}
     x = torch.randn(2, 3, 256, device=CUDA, dtype=torch.bfloat16)
-    y = layer(x)
-    assert y.shape == (2, 3, 384) and y.dtype == torch.bfloat16 and "gemlite" in layer.state
+    y = lowbit_linear(x, weight, backend="gemlite", state=state)
+    assert y.shape == (2, 3, 384) and y.dtype == torch.bfloat16 and "gemlite" in state
     xt = torch.randn(256, 6, device=CUDA, dtype=torch.float16).t()
-    assert torch.equal(layer(xt), layer(xt.contiguous()))
-    assert layer(torch.empty(0, 256, device=CUDA, dtype=torch.float16)).shape == (0, 384)
+    assert torch.equal(lowbit_linear(xt, weight, backend="gemlite", state=state), lowbit_linear(xt.contiguous(), weight, backend="gemlite", state=state))
+    assert lowbit_linear(torch.empty(0, 256, device=CUDA, dtype=torch.float16), weight, backend="gemlite", state=state).shape == (0, 384)
     with pytest.raises(TypeError):
-        layer(torch.ones(2, 256, device=CUDA, dtype=torch.int32))
+        lowbit_linear(torch.ones(2, 256, device=CUDA, dtype=torch.int32), weight, backend="gemlite", state=state)
     with pytest.raises(ValueError, match="expects 256"):
-        layer(torch.ones(2, 128, device=CUDA, dtype=torch.float16))
-    layer.to("cpu")
-    assert layer.state == {} and layer.codes.device.type == "cpu"
+        lowbit_linear(torch.ones(2, 128, device=CUDA, dtype=torch.float16), weight, backend="gemlite", state=state)
+    built = state["gemlite"][1]
+    moved = PackedWeight(weight.codes.clone(), weight.scales.clone(), 2)  # same values, new tensors
+    assert torch.equal(lowbit_linear(xt, moved, backend="gemlite", state=state), lowbit_linear(xt, weight, backend="gemlite", state={}))
+    assert state["gemlite"][1] is not built  # prepared data follows the tensors it was built from
+
+
+@needs_gemlite
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_layer_equals_what_gemlites_own_pack_writes(variant: str) -> None:
+    """The backend writes no gemlite metadata by hand: every tensor of its layer (W_q, scales,
+    zeros, metadata, and meta_scale on gemlite >= 0.6) equals what gemlite's pack() produces from
+    the same weight in the affine form."""
+    import gemlite
+
+    from kernels.gemlite_backend import _layer_kwargs, build_gemlite_layer
+
+    bits = VARIANTS[variant]
+    codes, scales = random_packed(384, 512, bits, seed=21, device=CUDA)
+    weight = PackedWeight(codes, scales, bits)
+    ours = build_gemlite_layer(weight).state_dict()
+    ref = gemlite.core.GemLiteLinearTriton(**_layer_kwargs(gemlite, weight, 512, 384))
+    step, offset = weight.code_map
+    scale, _ = weight.affine(torch.float16)
+    from bonsai_core.packing import unpack_codes
+
+    ref.pack(unpack_codes(codes, bits), scale, torch.full_like(scale, -offset / step), fma_mode=True, packing_bitwidth=8)
+    theirs = ref.state_dict()
+    assert set(ours) == set(theirs)
+    for name in theirs:
+        assert torch.equal(ours[name].cpu(), theirs[name].cpu()), name
+    if "meta_scale" in theirs:
+        assert float(theirs["meta_scale"]) == 0.0  # what the file format writer must write too
 
 
 _CHILD = textwrap.dedent(
     """
     import logging, sys, time, torch
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+    import kernels
+    from bonsai_core import dispatch
     from bonsai_core.dispatch import lowbit_linear
-    from bonsai_core.packing import pack_codes
+    from bonsai_core.packing import PackedWeight, pack_codes
+    dispatch.register_backends(kernels.BACKENDS)
     g = torch.Generator().manual_seed(0)
     codes = pack_codes(torch.randint(0, 3, (640, 512), generator=g, dtype=torch.uint8), 2).cuda()
     scales = (torch.rand(640, 4, generator=g) * 0.01 + 0.001).half().cuda()
     x = torch.randn(48, 512, device="cuda", dtype=torch.float16)
     t0 = time.perf_counter()
-    lowbit_linear(x, codes, scales, 2, backend="gemlite", state={})
+    lowbit_linear(x, PackedWeight(codes, scales, 2), backend="gemlite", state={})
     torch.cuda.synchronize()
     print(f"FIRST_CALL_S {time.perf_counter() - t0:.3f}")
     """
@@ -140,10 +173,10 @@ def test_autotune_table_is_persisted_and_reused(tmp_path: Path) -> None:
 
 @needs_gemlite
 def test_prewarm_small_shapes() -> None:
-    from bonsai_core.dispatch import BACKENDS
-    from bonsai_core.kernel_cache import prewarm
+    from bonsai_core.dispatch import backend_names
+    from bonsai_core.dispatch.tune import prewarm
 
     records = prewarm([(256, 384)], backend="gemlite", bits=(1,), ms=(1, 4096), device=CUDA)
     assert [r["backend"] for r in records] == ["gemlite", "gemlite"]
     auto = prewarm([(256, 384)], bits=(2,), ms=(1,), device=CUDA)  # measured/static choice, whatever wins here
-    assert auto[0]["backend"] in BACKENDS
+    assert auto[0]["backend"] in backend_names()

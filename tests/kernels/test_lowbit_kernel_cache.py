@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bonsai_core import kernel_cache
-from bonsai_core.kernel_cache import cache_dir, device_tag, ensure_triton_cache, klein_linear_shapes, prewarm, user_cache_root
+from bonsai_core.dispatch import cache as kernel_cache
+from bonsai_core.dispatch.cache import cache_dir, device_tag, ensure_triton_cache, user_cache_root
+from bonsai_core.dispatch.tune import klein_linear_shapes, prewarm
 
 
 def test_cache_root_env_override_and_platform_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -27,10 +28,16 @@ def test_cache_root_env_override_and_platform_default(monkeypatch: pytest.Monkey
 
 
 def test_gemlite_table_is_per_gemlite_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("BONSAI_CACHE_DIR", str(tmp_path))
-    a = kernel_cache.gemlite_table_path("cpu", "0.5.1.post1")
-    b = kernel_cache.gemlite_table_path("cpu", "0.6.0.post2")
-    assert a != b and a.name == "gemlite-autotune-0.5.1.post1.json" and a.parent == b.parent
+    # the backend keeps its table in the folder its kernel context names, one file per gemlite version
+    from kernels import gemlite_backend as gb
+
+    dev = torch.device("cuda")
+    monkeypatch.setattr(gb, "gemlite_version", lambda: "0.5.1.post1")
+    a = gb._AutotuneTable().path(dev, lambda d: tmp_path)
+    monkeypatch.setattr(gb, "gemlite_version", lambda: "0.6.0.post2")
+    b = gb._AutotuneTable().path(dev, lambda d: tmp_path)
+    assert a != b and a is not None and b is not None and a.name == "gemlite-autotune-0.5.1.post1.json" and a.parent == b.parent == tmp_path
+    assert gb._AutotuneTable().path(dev, lambda d: None) is None  # no cache folder: nothing persisted
 
 
 def test_device_tag_is_a_safe_folder_name() -> None:

@@ -8,6 +8,7 @@ import torch
 from lowbit_helpers import TOL, VARIANTS, assert_close_to_reference, random_packed
 
 from bonsai_core.dispatch import get_backend, lowbit_linear, unavailable_reason
+from bonsai_core.packing import PackedWeight
 
 SHAPES = [(128, 256), (384, 128), (256, 640)]  # (K, N): 1, 3 and 2 groups along K
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -28,7 +29,7 @@ def test_torch_backend_matches_reference(variant: str, k: int, n: int, dtype: to
     codes, scales = random_packed(n, k, bits, seed=k + n)
     for m in MS:
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype)
-        y = lowbit_linear(x, codes, scales, bits, backend="torch")
+        y = lowbit_linear(x, PackedWeight(codes, scales, bits), backend="torch")
         assert y.dtype == dtype and y.shape == (m, n)
         assert_close_to_reference(y, x, codes, scales, bits, TOL[dtype])
 
@@ -39,7 +40,7 @@ def test_torch_backend_fp32_is_bit_exact_on_integers() -> None:
     codes, _ = random_packed(32, 256, 2, seed=1)
     scales = torch.full((32, 2), 0.5, dtype=torch.float16)
     x = torch.randint(-4, 5, (5, 256)).float()
-    y = lowbit_linear(x, codes, scales, 2, backend="torch")
+    y = lowbit_linear(x, PackedWeight(codes, scales, 2), backend="torch")
     from bonsai_core.packing import dequantize
 
     assert torch.equal(y, x @ dequantize(codes, scales, 2).T)
@@ -59,7 +60,7 @@ class TestMLX:
         state: dict = {}
         for m in MS:
             x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype)
-            y = lowbit_linear(x, codes, scales, bits, backend="mlx", state=state)
+            y = lowbit_linear(x, PackedWeight(codes, scales, bits), backend="mlx", state=state)
             assert y.dtype == dtype and y.shape == (m, n)
             assert_close_to_reference(y, x, codes, scales, bits, MLX_TOL[dtype])
         assert "mlx" in state  # prepared MLX weights are reused across calls
@@ -69,10 +70,10 @@ class TestMLX:
 
         codes, scales = random_packed(16, 256, 1, seed=3)
         w = get_backend("mlx").matmul  # noqa: F841  (backend import side effects only)
-        from bonsai_core.kernels.mlx_backend import mlx_affine, mlx_packed
+        from kernels.mlx_backend import mlx_affine, mlx_packed
 
         packed = mlx_packed(codes)
-        s, b = mlx_affine(scales, 1, torch.float32)
+        s, b = mlx_affine(PackedWeight(codes, scales, 1), torch.float32)
         dense = mx.dequantize(packed, s, b, group_size=128, bits=1)
         from bonsai_core.packing import dequantize
 
@@ -82,9 +83,9 @@ class TestMLX:
         codes, scales = random_packed(8, 128, 2, seed=4)
         state: dict = {}
         x = torch.randn(3, 128)
-        lowbit_linear(x, codes, scales, 2, backend="mlx", state=state)
-        lowbit_linear(x.half(), codes, scales, 2, backend="mlx", state=state)
+        lowbit_linear(x, PackedWeight(codes, scales, 2), backend="mlx", state=state)
+        lowbit_linear(x.half(), PackedWeight(codes, scales, 2), backend="mlx", state=state)
         assert {torch.float32, torch.float16} <= set(state["mlx"][1])
         codes2, scales2 = random_packed(8, 128, 2, seed=5)
-        y2 = lowbit_linear(x, codes2, scales2, 2, backend="mlx", state=state)  # new tensors -> rebuilt
+        y2 = lowbit_linear(x, PackedWeight(codes2, scales2, 2), backend="mlx", state=state)  # new tensors -> rebuilt
         assert_close_to_reference(y2, x, codes2, scales2, 2, TOL[torch.float32])

@@ -23,11 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 _INTERP_SCRIPT = textwrap.dedent(
     """
     import torch
-    from bonsai_core._kernels_loader import load_kernels
-    load_kernels()
-    from bonsai_core.kernels import triton_dequant as td
+    import kernels
+    from kernels import triton_dequant as td
+    from bonsai_core import dispatch
     from bonsai_core.dispatch import lowbit_linear
-    from bonsai_core.packing import dequantize, pack_codes
+    from bonsai_core.packing import PackedWeight, dequantize, pack_codes
+    dispatch.register_backends(kernels.BACKENDS)
     g = torch.Generator().manual_seed(1)
     for bits in (1, 2):
         for sdt in (torch.float16, torch.bfloat16, torch.float32):
@@ -37,13 +38,13 @@ _INTERP_SCRIPT = textwrap.dedent(
                 codes = pack_codes(q, bits)
                 sc = (torch.rand(n, k // 128, generator=g) * 3 + 1e-3).to(sdt)
                 out = torch.full((n, k), float("nan"), dtype=dt)  # poisoned: every element must be written
-                td.unpack_into(codes, sc, bits, out)
+                td.unpack_into(PackedWeight(codes, sc, bits), out)
                 assert torch.equal(out, dequantize(codes, sc, bits, dt)), (bits, sdt, dt)
                 o8 = torch.full((n, k), 0x7F, dtype=torch.uint8)
-                td.unpack_into(codes, sc, bits, o8, fp8_values=True)
+                td.unpack_into(PackedWeight(codes, sc, bits), o8, fp8_values=True)
                 assert torch.equal(o8.view(torch.float8_e4m3fn).float(), dequantize(codes, torch.ones_like(sc), bits)), (bits, "fp8")
         x = torch.randn(3, 5, 384, generator=g).bfloat16()
-        y = lowbit_linear(x, codes, sc.bfloat16(), bits, backend="triton_dequant", state={})
+        y = lowbit_linear(x, PackedWeight(codes, sc.bfloat16(), bits), backend="triton_dequant", state={})
         ref = torch.nn.functional.linear(x, dequantize(codes, sc.bfloat16(), bits, torch.bfloat16))
         assert torch.equal(y, ref)
     print("INTERP-OK")
@@ -58,11 +59,8 @@ def test_fused_dequant_bit_exact_in_triton_interpreter() -> None:
 
 
 def test_backend_refuses_cpu_without_interpreter() -> None:
-    from bonsai_core._kernels_loader import load_kernels
-
-    load_kernels()
-    from bonsai_core.kernels.base import BackendUnavailable
-    from bonsai_core.kernels.triton_dequant import TritonDequantBackend
+    from kernels.base import BackendUnavailable
+    from kernels.triton_dequant import TritonDequantBackend
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("TRITON_INTERPRET is set in this process")
@@ -71,10 +69,7 @@ def test_backend_refuses_cpu_without_interpreter() -> None:
 
 
 def test_scratch_is_shared_and_grows_to_the_largest_layer() -> None:
-    from bonsai_core._kernels_loader import load_kernels
-
-    load_kernels()
-    from bonsai_core.kernels.triton_dequant import Scratch
+    from kernels.triton_dequant import Scratch
 
     s = Scratch()
     a = s.get(torch.device("cpu"), torch.bfloat16, (4, 8))
@@ -89,12 +84,9 @@ def test_scratch_is_shared_and_grows_to_the_largest_layer() -> None:
 @pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("shape", [(3072, 3072), (18432, 3072), (3072, 9216), (27648, 3072), (3072, 12288), (1000, 256)])
 def test_fused_dequant_bit_exact_on_gpu(bits: int, shape: tuple[int, int]) -> None:
-    from bonsai_core._kernels_loader import load_kernels
-
-    load_kernels()
-    from bonsai_core.kernels import triton_dequant as td
-
     from bonsai_core.dispatch import lowbit_linear
+    from bonsai_core.packing import PackedWeight
+    from kernels import triton_dequant as td
 
     n, k = shape
     dev = torch.device("cuda")
@@ -103,15 +95,16 @@ def test_fused_dequant_bit_exact_on_gpu(bits: int, shape: tuple[int, int]) -> No
     sc = (torch.rand(n, k // 128, device=dev) * 0.02 + 1e-4).half()
     for dt in (torch.bfloat16, torch.float16):
         out = torch.full((n, k), float("nan"), dtype=dt, device=dev)
-        td.unpack_into(codes, sc, bits, out)
+        td.unpack_into(PackedWeight(codes, sc, bits), out)
         assert torch.equal(out, dequantize(codes, sc, bits, dt))
     x = torch.randn(77, k, device=dev, dtype=torch.bfloat16)
-    y = lowbit_linear(x, codes, sc, bits, backend="triton_dequant", state={})
+    y = lowbit_linear(x, PackedWeight(codes, sc, bits), backend="triton_dequant", state={})
     assert torch.equal(y, torch.nn.functional.linear(x, dequantize(codes, sc, bits, torch.bfloat16)))
 
 
-def test_measured_table_picks_fastest_and_persists(tmp_path: Path) -> None:
-    from bonsai_core.autotune_table import MeasuredTable, entry_key, m_bucket
+def test_measured_table_remembers_winners_and_shipped_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bonsai_core.dispatch.table import MeasuredTable, entry_key, m_bucket
+    from bonsai_core.dispatch.tune import measure_and_record
 
     assert [m_bucket(m) for m in (1, 2, 3, 1536, 4608, 6144)] == [1, 2, 4, 2048, 8192, 8192]
     key = entry_key("backend", 3072, 3072, 2, torch.bfloat16, 1536)
@@ -129,11 +122,17 @@ def test_measured_table_picks_fastest_and_persists(tmp_path: Path) -> None:
     def broken() -> None:
         raise RuntimeError("no kernel for this shape")
 
-    assert table.pick(key, {"slow": slow, "broken": broken, "fast": fast}, torch.device("cpu")) == "fast"
-    calls.clear()
-    # a new process reads the remembered winner and measures nothing
+    # the tuning engine measures (a broken candidate is skipped) and records the winner
+    import bonsai_core.dispatch.tune as tune
+
+    monkeypatch.setattr(tune, "get_table", lambda device: table)  # this test's own table file, not the per-GPU one
+    assert measure_and_record(key, {"slow": slow, "broken": broken, "fast": fast}, torch.device("cpu")) == "fast"
+    # a new process reads the remembered winner
     again = MeasuredTable(path, "cpu-test")
-    assert again.pick(key, {"slow": slow, "fast": fast}, torch.device("cpu")) == "fast" and calls == []
-    # a shipped table answers when the user's cache has no entry
+    assert again.lookup(key)["winner"] == "fast" and set(again.lookup(key)["ms"]) == {"slow", "fast"}
+    # a shipped table answers when the user's cache has no entry; the user's entry wins over it
     shipped = MeasuredTable(tmp_path / "empty.json", "cpu-test", shipped=path)
-    assert shipped.pick(key, {"slow": slow, "fast": fast}, torch.device("cpu")) == "fast" and calls == []
+    assert shipped.lookup(key)["winner"] == "fast"
+    user = tmp_path / "user.json"
+    MeasuredTable(user, "cpu-test").record(key, "slow", {"slow": 1.0})
+    assert MeasuredTable(user, "cpu-test", shipped=path).lookup(key)["winner"] == "slow"

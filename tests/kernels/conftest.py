@@ -1,0 +1,9 @@
+"""The kernels tests use the repository's ``kernels`` package through the runtime's dispatch, the
+way the ComfyUI nodes do: the consumer registers the backends (bonsai_core never imports kernels)."""
+
+from __future__ import annotations
+
+import kernels
+from bonsai_core import dispatch
+
+dispatch.register_backends(kernels.BACKENDS)
