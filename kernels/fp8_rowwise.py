@@ -46,60 +46,55 @@ log = logging.getLogger(__name__)
 
 FP8_MAX = 448.0
 _TINY = 1e-12  # floor for an all-zero row/token: its scale stays finite, its values stay 0
-# (rows of W per program, warps) for the weight kernel; one scale group of K per program, as the
-# exact dequant kernel does (its shipped H100 table picked 64 rows / 4 warps for Klein shapes).
-_W_BLOCK_N, _W_WARPS = 64, 4
-# activation kernel: rows (tokens) per program and K-chunk; a token row is read twice (amax,
-# then quantize), the second time from L1/L2.
-_A_BLOCK_M, _A_BLOCK_K, _A_WARPS = 4, 512, 4
+# (rows of W per program) for the weight part: one scale group of K per program, as the exact
+# dequant kernel does (its shipped H100 table picked 64 rows for Klein shapes).
+_W_BLOCK_N = 64
+_WARPS = 8
 
 
-def _weight_kernel_src(
-    codes_ptr, scales_ptr, inv_ptr, out_ptr, N, codes_stride, scales_stride, out_stride,
-    BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+def _prep_kernel_src(
+    codes_ptr, scales_ptr, inv_ptr, w_ptr, x_ptr, q_ptr, s_ptr, N, M, K, codes_stride, scales_stride, w_stride, stride_xm, stride_qm,
+    W_PROGRAMS, BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    E: tl.constexpr = 8 // BITS
-    KB: tl.constexpr = GROUP // E  # packed bytes per scale group
-    MASK: tl.constexpr = (1 << BITS) - 1
-    pid_n = tl.program_id(0)
-    g = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    byte = tl.load(codes_ptr + rows[:, None] * codes_stride + (g * KB + tl.arange(0, KB))[None, :], mask=rmask[:, None], other=0)
-    shifts = tl.arange(0, E) * BITS
-    q = tl.reshape((byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK, (BLOCK_N, GROUP))  # LSB-first along K
-    v = q.to(tl.float32) * STEP_V + OFFSET_V  # the weight's own code map: -1, 0 or +1
-    s = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
-    inv = tl.load(inv_ptr + rows, mask=rmask, other=0.0)
-    w8 = (v * (s * inv)[:, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # |.| <= 448 by construction
-    cols = g * GROUP + tl.arange(0, GROUP)
-    tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], w8, mask=rmask[:, None])
-
-
-def _act_kernel_src(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NK: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for i in range(NK):
-        cols = i * BLOCK_K + tl.arange(0, BLOCK_K)
-        m = rmask[:, None] & (cols < K)[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-    scale = tl.maximum(amax, 1e-12) / 448.0
-    inv = 448.0 / tl.maximum(amax, 1e-12)
-    for i in range(NK):
-        cols = i * BLOCK_K + tl.arange(0, BLOCK_K)
-        m = rmask[:, None] & (cols < K)[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(x * inv[:, None], -448.0), 448.0)  # x*inv may round a hair past 448
-        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=m)
-    tl.store(s_ptr + rows, scale, mask=rmask)
+    # One launch for both operands (a Triton launch costs ~20 us of CPU, and a 512² step is CPU
+    # bound): the first W_PROGRAMS programs write the weight, one (row block, scale group) each;
+    # the rest quantize one token each. W_PROGRAMS = 0 skips the weight (resident variant).
+    pid = tl.program_id(0)
+    if pid < W_PROGRAMS:
+        E: tl.constexpr = 8 // BITS
+        KB: tl.constexpr = GROUP // E  # packed bytes per scale group
+        MASK: tl.constexpr = (1 << BITS) - 1
+        groups = K // GROUP
+        g = pid % groups
+        rows = (pid // groups) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        byte = tl.load(codes_ptr + rows[:, None] * codes_stride + (g * KB + tl.arange(0, KB))[None, :], mask=rmask[:, None], other=0)
+        shifts = tl.arange(0, E) * BITS
+        qw = tl.reshape((byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK, (BLOCK_N, GROUP))  # LSB-first along K
+        v = qw.to(tl.float32) * STEP_V + OFFSET_V  # the weight's own code map: -1, 0 or +1
+        sc = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
+        winv = tl.load(inv_ptr + rows, mask=rmask, other=0.0)
+        w8 = (v * (sc * winv)[:, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # |.| <= 448 by construction
+        wcols = g * GROUP + tl.arange(0, GROUP)
+        tl.store(w_ptr + rows[:, None] * w_stride + wcols[None, :], w8, mask=rmask[:, None])
+    else:
+        row = pid - W_PROGRAMS
+        cols = tl.arange(0, BLOCK_K)  # the whole token row stays in registers: x is read once
+        cmask = cols < K
+        x = tl.load(x_ptr + row * stride_xm + cols, mask=cmask, other=0.0).to(tl.float32)
+        amax = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12)
+        # IEEE division (Triton's default fp32 '/' is approximate): scales and codes match torch's
+        ainv = tl.math.div_rn(448.0, amax)
+        xq = tl.minimum(tl.maximum(x * ainv, -448.0), 448.0)  # x*inv may round a hair past 448
+        tl.store(q_ptr + row * stride_qm + cols, xq.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=cmask)
+        tl.store(s_ptr + row, tl.math.div_rn(amax, 448.0))
 
 
 @lru_cache(maxsize=2)
-def _kernels(interpret: bool) -> tuple[Any, Any]:
+def _kernels(interpret: bool) -> Any:
     # keyed on the interpreter flag, which triton reads when a function is wrapped
-    return triton.jit(_weight_kernel_src, do_not_specialize=["N"]), triton.jit(_act_kernel_src, do_not_specialize=["M"])
+    return triton.jit(_prep_kernel_src, do_not_specialize=["N", "M", "W_PROGRAMS"])
 
 
 def row_scales(weight: PackedLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,32 +103,36 @@ def row_scales(weight: PackedLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
     return smax / FP8_MAX, FP8_MAX / smax
 
 
-def quantize_weight(weight: PackedLinearWeight, inv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Write ``e4m3(value(q) * s * inv[n])`` for every weight into ``out`` (``[N, K]``, 1-byte dtype)."""
+def prepare(
+    weight: PackedLinearWeight, inv: torch.Tensor, w_out: torch.Tensor | None, x2d: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch: ``w_out`` (if given, ``[N, K]`` 1-byte) gets ``e4m3(value(q) * s * inv[n])``;
+    ``x2d [M, K]`` becomes (e4m3 ``[M, K]``, fp32 ``[M, 1]`` scales ``amax / 448``)."""
     codes, scales, bits, group = weight.codes, weight.scales, weight.bits, weight.group_size
     n, k = weight.out_features, weight.in_features
-    if out.shape != (n, k) or out.element_size() != 1:
-        raise ValueError(f"fp8_rowwise: scratch {list(out.shape)} {out.dtype} does not fit a [{n}, {k}] e4m3 weight")
-    step, offset = weight.code_map
-    wk, _ = _kernels(interpreting())
-    wk[(triton.cdiv(n, _W_BLOCK_N), k // group)](
-        codes, scales, inv, out.view(torch.uint8), n, codes.stride(0), scales.stride(0), out.stride(0),
-        BITS=bits, STEP_V=float(step), OFFSET_V=float(offset), GROUP=group, BLOCK_N=_W_BLOCK_N, num_warps=_W_WARPS,
-    )  # fmt: skip
-    return out
-
-
-def quantize_activations(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x [M, K]`` -> (e4m3 ``[M, K]``, fp32 ``[M, 1]`` scales ``amax / 448``), one scale per token."""
-    m, k = x2d.shape
+    m = x2d.shape[0]
+    if x2d.shape[1] != k:
+        raise ValueError(f"fp8_rowwise: input has {x2d.shape[1]} features, the layer expects {k}")
+    if w_out is not None and (w_out.shape != (n, k) or w_out.element_size() != 1):
+        raise ValueError(f"fp8_rowwise: scratch {list(w_out.shape)} {w_out.dtype} does not fit a [{n}, {k}] e4m3 weight")
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
     s = torch.empty((m, 1), dtype=torch.float32, device=x2d.device)
-    _, ak = _kernels(interpreting())
-    ak[(triton.cdiv(m, _A_BLOCK_M),)](
-        x2d, q.view(torch.uint8), s, m, k, x2d.stride(0), q.stride(0),
-        BLOCK_M=_A_BLOCK_M, BLOCK_K=_A_BLOCK_K, NK=triton.cdiv(k, _A_BLOCK_K), num_warps=_A_WARPS,
+    w_programs = triton.cdiv(n, _W_BLOCK_N) * (k // group) if w_out is not None else 0
+    w = w_out.view(torch.uint8) if w_out is not None else q.view(torch.uint8)  # unused when w_programs == 0
+    step, offset = weight.code_map
+    _kernels(interpreting())[(w_programs + m,)](
+        codes, scales, inv, w, x2d, q.view(torch.uint8), s, n, m, k, codes.stride(0), scales.stride(0), w.stride(0),
+        x2d.stride(0), q.stride(0), w_programs,
+        BITS=bits, STEP_V=float(step), OFFSET_V=float(offset), GROUP=group, BLOCK_N=_W_BLOCK_N,
+        BLOCK_K=triton.next_power_of_2(k), num_warps=_WARPS,
     )  # fmt: skip
     return q, s
+
+
+def quantize_weight(weight: PackedLinearWeight, inv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write ``e4m3(value(q) * s * inv[n])`` for every weight into ``out`` (``[N, K]``, 1-byte dtype)."""
+    prepare(weight, inv, out, torch.zeros((0, weight.in_features), dtype=torch.bfloat16, device=out.device))
+    return out
 
 
 def reference_rowwise(x2d: torch.Tensor, weight: PackedLinearWeight) -> torch.Tensor:
@@ -194,8 +193,10 @@ class FP8RowwiseBackend(LowBitBackend):
     def matmul(self, x2d: torch.Tensor, weight: PackedLinearWeight, state: dict[str, Any]) -> torch.Tensor:
         r, inv, w8 = self._prepared(weight, state)
         if w8 is None:
-            w8 = quantize_weight(weight, inv, SCRATCH.get(x2d.device, torch.float8_e4m3fn, (weight.out_features, weight.in_features)))
-        xq, sa = quantize_activations(x2d)
+            w8 = SCRATCH.get(x2d.device, torch.float8_e4m3fn, (weight.out_features, weight.in_features))
+            xq, sa = prepare(weight, inv, w8, x2d)
+        else:
+            xq, sa = prepare(weight, inv, None, x2d)
         return _gemm(xq, sa, w8, r, x2d.dtype)
 
 

@@ -50,7 +50,7 @@ _INTERP_SCRIPT = textwrap.dedent(
         vals = torch.randn(m, k, generator=g).mul(100).clamp(-448, 448).to(torch.float8_e4m3fn).float()
         vals[:, 5] = 448.0
         x = (vals * 2.0 ** torch.randint(-10, -2, (m, 1), generator=g)).bfloat16()
-        xq, sa = fr.quantize_activations(x)
+        xq, sa = fr.prepare(w, inv, None, x)
         assert sa.shape == (m, 1) and torch.equal(xq.float() * sa, x.float()), "activation kernel must be exact here"
         y = fr.FP8RowwiseBackend().matmul(x, w, {})
         exact = x.double() @ w.dequantize(torch.float64).t()
@@ -100,7 +100,7 @@ def test_fp8_rowwise_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
     w8 = fr.quantize_weight(w, inv, torch.empty(n, k, dtype=torch.float8_e4m3fn, device=dev))
     want = (w.dequantize(torch.float32) * inv[:, None]).to(torch.float8_e4m3fn)
     assert torch.equal(w8.view(torch.uint8), want.view(torch.uint8))  # GPU cast is RTNE like torch's
-    xq, sa = fr.quantize_activations(x)
+    xq, sa = fr.prepare(w, inv, None, x)
     amax = x.float().abs().amax(1, keepdim=True).clamp_min(1e-12)
     assert torch.equal(sa, amax / 448.0)
     assert torch.equal(xq.view(torch.uint8), (x.float() * (448.0 / amax)).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8))
