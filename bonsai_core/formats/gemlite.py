@@ -1,5 +1,5 @@
 """gemlite packs: ``transformer-gemlite-int{1,2}/state_dict.pt`` + ``config.json`` +
-``quantization_config.json`` (gemlite 0.5.1; 0.6.x adds a neutral ``meta_scale`` per layer).
+``quantization_config.json`` (gemlite 0.5.1; 0.6.x adds a per-layer ``meta_scale``, 0.0 for these layers).
 
 Per quantized diffusers linear ``m``: ``m.W_q`` [K*bits/w, N] (w = packing width, 8 in the
 releases: uint8) LSB-first along K, fp32 ``m.scales``/``m.zeros`` [K/128, N] with
@@ -49,6 +49,12 @@ W_GROUP_MODE_FMA = 4  # W = q * scale + zero
 # metadata slots (gemlite 0.5.1 GemLiteLinearTriton.pack)
 MD_BITS, MD_GROUP, MD_MASK, MD_EPS, MD_GROUP_MODE = 1, 2, 3, 4, 10
 DTYPE_FP32, DTYPE_FP16 = 0, 1
+# gemlite >= 0.6 stores a per-layer float32 ``meta_scale``; its kernels read it only for NVFP4
+# (scaled activations / group 16), and GemLiteLinearTriton.pack() leaves it at the 0.0 its
+# constructor registers for every other layer (checked against gemlite 0.6.0.post2). This pack's
+# exporter wrote 1.0 before that was settled, so readers accept both.
+META_SCALE = 0.0
+NEUTRAL_META_SCALES = (0.0, 1.0)
 
 
 def folder_name(bits: int) -> str:
@@ -161,9 +167,12 @@ def packed_from_gemlite(path: Path, mod: str, p: dict[str, torch.Tensor], bits: 
     """One gemlite layer (its leaf tensors) as canonical codes + scales, relations verified."""
     if "meta_scale" in p:
         ms = p["meta_scale"]
-        if not ms.is_floating_point() or not bool((ms.float() == 1).all()):
+        if not ms.is_floating_point() or ms.numel() != 1 or float(ms.float().reshape(())) not in NEUTRAL_META_SCALES:
             raise BonsaiFormatError(
-                path, f"{mod}.meta_scale", "is not neutral (all 1.0); a scaled gemlite 0.6 layer is not a Bonsai layout"
+                path,
+                f"{mod}.meta_scale",
+                "is not neutral (gemlite writes 0.0 for 1/2-bit integer layers; 1.0 from older exports of this pack): "
+                "a scaled (NVFP4-style) gemlite layer is not a Bonsai layout",
             )
     # W_q [K*bits/w, N] of w-bit words: transposed, each row's words viewed as bytes are LSB-first along K
     codes = p["W_q"].t().contiguous().view(torch.uint8)
@@ -185,7 +194,7 @@ def gemlite_layer(p: PackedWeight, *, gemlite_version: str = "0.5") -> dict[str,
         "orig_shape": torch.tensor(list(p.shape), dtype=torch.int32),
     }
     if gemlite_version.startswith("0.6"):
-        out["meta_scale"] = torch.ones((), dtype=torch.float32)
+        out["meta_scale"] = torch.tensor(META_SCALE, dtype=torch.float32)
     return out
 
 
