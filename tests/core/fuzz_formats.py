@@ -1,0 +1,157 @@
+"""Property-based fuzzing of what the readers parse from untrusted files (run by
+test_fuzz_formats.py inside a heap-capped interpreter; see bounded_worker.py).
+
+Each property writes a generated file and asserts the only outcomes are success (with the
+reader's invariants holding) or one BonsaiFormatError naming that file. Every example has a time
+limit (hypothesis ``deadline``). ``BONSAI_FUZZ_EXAMPLES`` raises the number of examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bonsai_core.errors import BonsaiFormatError
+from bonsai_core.formats.layout import load_transformer_config
+from bonsai_core.klein import KLEIN_TINY, diffusers_dense_tensors, diffusers_quantized_linears
+from bonsai_core.safetensors_io import _ST_ITEMSIZE, SafetensorsReader, read_header
+from bonsai_core.te_formats import read_config
+
+EXAMPLES = int(os.environ.get("BONSAI_FUZZ_EXAMPLES", "150"))
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=2000,  # ms per example: a reader that stalls on a crafted input fails the run
+    derandomize=os.environ.get("BONSAI_FUZZ_RANDOM") is None,  # CI: reproducible; set the variable to explore
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4), max_leaves=20)
+dims = st.one_of(st.integers(min_value=0, max_value=16), st.integers(min_value=-5, max_value=1 << 62), json_scalars)
+entries = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "dtype": st.one_of(st.sampled_from(sorted(_ST_ITEMSIZE)), json_scalars),
+            "shape": st.one_of(st.lists(dims, max_size=10), json_values),
+            "data_offsets": st.one_of(st.lists(st.integers(min_value=-4, max_value=300), min_size=2, max_size=2), st.lists(dims, max_size=3), json_values),
+        }
+    ),
+    json_values,
+)
+headers = st.dictionaries(
+    st.one_of(st.text(max_size=10), st.just("__metadata__")),
+    st.one_of(entries, st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)),
+    max_size=8,
+)
+
+
+def _write(path: Path, raw_header: bytes, data: bytes, length_lie: int | None) -> None:
+    n = len(raw_header) if length_lie is None else length_lie
+    path.write_bytes(struct.pack("<Q", n) + raw_header + data)
+
+
+def _read_everything(path: Path, mmap: bool) -> None:
+    """Read the file as the loaders do; on success check the reader's promises."""
+    try:
+        entries_, _ = read_header(path)
+        reader = SafetensorsReader(path, mmap=mmap)
+        for name, e in entries_.items():
+            if e["dtype"] not in ("U64", "U16"):  # dtypes without a torch type here are listed, not read
+                t = reader.get(name)
+                assert t.numel() * t.element_size() == e["data_offsets"][1] - e["data_offsets"][0]
+                assert list(t.shape) == e["shape"]
+        reader.close()
+    except BonsaiFormatError as err:
+        assert err.path == str(path), err
+        assert "\n" not in str(err)
+
+
+def fuzz_safetensors_headers(folder: str) -> None:
+    path = Path(folder) / "fuzz.safetensors"
+
+    @SETTINGS
+    @given(
+        header=headers,
+        data=st.binary(max_size=300),
+        lie=st.one_of(st.none(), st.integers(min_value=0, max_value=(1 << 64) - 1)),
+        mmap=st.booleans(),
+    )
+    def prop(header: dict[str, Any], data: bytes, lie: int | None, mmap: bool) -> None:
+        _write(path, json.dumps(header).encode(), data, lie)
+        _read_everything(path, mmap)
+
+    prop()
+
+
+def fuzz_safetensors_bytes(folder: str) -> None:
+    """Mutated bytes of a valid header (flips, cuts, insertions) and plain random bytes."""
+    path = Path(folder) / "bytes.safetensors"
+    valid = json.dumps({"__metadata__": {"a": "b"}, "w": {"dtype": "F16", "shape": [2, 2], "data_offsets": [0, 8]}}).encode()
+
+    @SETTINGS
+    @given(
+        edits=st.lists(st.tuples(st.integers(min_value=0, max_value=len(valid) - 1), st.binary(max_size=3)), max_size=6),
+        cut=st.integers(min_value=0, max_value=len(valid)),
+        noise=st.binary(max_size=64),
+        raw=st.booleans(),
+    )
+    def prop(edits: list[tuple[int, bytes]], cut: int, noise: bytes, raw: bool) -> None:
+        if raw:
+            path.write_bytes(noise)
+        else:
+            b = bytearray(valid)
+            for at, ins in edits:
+                b[at : at + len(ins)] = ins
+            _write(path, bytes(b[: max(cut, 1)]), b"\0" * 8, None)
+        _read_everything(path, True)
+
+    prop()
+
+
+def fuzz_json_configs(folder: str) -> None:
+    """Transformer and text-encoder config.json files: generated objects and raw text."""
+    base = Path(folder)
+    tf_cfg = KLEIN_TINY.to_diffusers_config()
+    logical = {f"{m}.weight": s for m, s in diffusers_quantized_linears(KLEIN_TINY).items()} | diffusers_dense_tensors(KLEIN_TINY)
+    te_cfg = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256}
+    special = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "9" * 40, "[" * 5000, "{}", "[]", '"x"', "null", "\ufeff{}"])
+
+    @SETTINGS
+    @given(
+        which=st.sampled_from(["transformer", "te"]),
+        changes=st.dictionaries(st.sampled_from(sorted(set(tf_cfg) | set(te_cfg) | {"text_config"})), st.one_of(json_values, dims), max_size=4),
+        raw_value=st.one_of(st.none(), special),
+        nest=st.booleans(),
+    )
+    def prop(which: str, changes: dict[str, Any], raw_value: str | None, nest: bool) -> None:
+        cfg = dict(tf_cfg if which == "transformer" else te_cfg)
+        cfg.update(changes)
+        text = json.dumps({"text_config": cfg} if nest else cfg)
+        if raw_value is not None and changes:
+            key = next(iter(changes))
+            text = text.replace(json.dumps(key) + ": " + json.dumps(changes[key]), json.dumps(key) + ": " + raw_value, 1)
+        path = base / "config.json"
+        path.write_text(text)
+        try:
+            if which == "transformer":
+                load_transformer_config(path, logical)
+            else:
+                read_config(base)
+        except BonsaiFormatError as err:
+            assert err.path == str(path), err
+            assert "\n" not in str(err)
+
+    prop()
