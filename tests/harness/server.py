@@ -69,7 +69,7 @@ def comfyui_server(root: Path, base: Path, boot_timeout_s: float = BOOT_TIMEOUT_
     link_pack(root / "custom_nodes")
     models, inputs, out = folders(base)
     yaml = base / "extra_model_paths.yaml"
-    yaml.write_text(f"bonsai_tests:\n  base_path: {models}\n  bonsai: bonsai/\n  diffusion_models: diffusion_models/\n")
+    yaml.write_text(f"bonsai_tests:\n  base_path: {models}\n  bonsai: bonsai/\n  diffusion_models: diffusion_models/\n  loras: loras/\n")
     port = free_port()
     cmd = [
         sys.executable, "main.py", "--cpu", "--port", str(port), "--listen", "127.0.0.1", "--disable-auto-launch",
