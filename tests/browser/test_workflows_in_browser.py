@@ -1,0 +1,274 @@
+"""The shipped workflows in ComfyUI's own frontend, in headless Chromium (driven by Playwright).
+
+A real ``main.py --cpu`` server with the pack in ``custom_nodes/`` (tests/harness/server.py) serves the
+frontend; its models root is a link switched between an empty folder (a fresh install) and tiny
+synthetic models under the exact names the workflows use. Checked as a user sees it:
+
+* every UI workflow opens with no missing-node dialog, no node in error, and its note and loaders on
+  screen at a zoom where the frontend draws node contents (not the blank low-detail boxes);
+* the template browser lists the workflows under readable names, and opening one from there fits
+  the graph at a readable zoom;
+* with no models, opening a workflow says which folder is missing and how to get it, before Run;
+* the 512 workflow queued with the page's Run button ends with an image in the Save Image node.
+
+Needs Chromium (Debian ``apt-get install chromium``, or ``BONSAI_CHROMIUM=/path/to/chrome``) and the
+``playwright`` package; without them the module is skipped with the reason. Screenshots go to
+``$BONSAI_SCREENSHOTS`` when set (``docs/screenshots/`` was made that way), else the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import harness.workflows as we
+from harness.server import comfyui_server
+
+pytestmark = pytest.mark.comfyui
+
+
+def _chromium() -> str | None:
+    path = os.environ.get("BONSAI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return path if path and Path(path).is_file() else None
+
+
+CHROMIUM = _chromium()
+try:
+    from playwright.sync_api import Page, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+if CHROMIUM is None or sync_playwright is None:
+    pytest.skip(
+        "BROWSER TESTS SKIPPED: "
+        + ("no Chromium found (apt-get install chromium, or set BONSAI_CHROMIUM)" if CHROMIUM is None else "playwright is not installed")
+        + " -- the shipped workflows were NOT opened in a browser",
+        allow_module_level=True,
+    )
+
+# Playwright's bundled browsers cannot be downloaded here: the system Chromium runs with these flags.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+VIEWPORT = {"width": 1920, "height": 1080}
+MIN_READABLE_ZOOM = 0.6  # the frontend draws blank boxes below ~0.57 (8 px minimum font / 14 px text)
+LEFT_BAR, TOP_BAR = 56, 36  # the frontend's icon sidebar and tab bar cover these strips of the canvas
+LOADERS = {"BonsaiPipelineLoader", "BonsaiModelLoader", "BonsaiTextEncoderLoader", "BonsaiVAELoader", "LoraLoaderModelOnly"}
+RUN_TIMEOUT_S = 300
+STEMS = [p.stem for p in we.ui_workflows()]
+
+
+@pytest.fixture(scope="module")
+def site(comfyui: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The server, and ``use(kind)`` switching its models root between ``"empty"`` and ``"full"``."""
+    base = tmp_path_factory.mktemp("browser")
+    empty, full = base / "models_empty", base / "models_full"
+    for root in (empty, full):
+        for kind in ("bonsai", "diffusion_models", "loras"):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+    we.install_fixtures(full, base / "input", comfyui.root)
+    link = base / "models"  # what the server's extra_model_paths.yaml names
+
+    def use(kind: str) -> None:
+        tmp = base / f".models.{kind}.link"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(full if kind == "full" else empty, target_is_directory=True)
+        os.replace(tmp, link)  # atomic: the server never sees the folder missing
+
+    use("full")
+    with comfyui_server(comfyui.root, base) as server:
+        yield {"url": server.url, "out": server.out, "use": use}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("BONSAI_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def open_app(browser: Any, url: str) -> Page:
+    """A fresh page with the frontend loaded (its first-run template dialog closed)."""
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(url)
+    page.wait_for_function("window.app && window.app.graph && window.app.canvas && window.LiteGraph", timeout=120_000)
+    page.wait_for_timeout(1500)
+    page.keyboard.press("Escape")
+    return page
+
+
+def load(page: Page, stem: str) -> None:
+    """Open the UI file as the frontend opens a file (its stored view restored)."""
+    wf = we.load_json(we.WORKFLOWS / f"{stem}.json")
+    page.evaluate("async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name); }", [wf, stem])
+    page.wait_for_timeout(1500)
+
+
+STATE_JS = """() => {
+  const c = window.app.canvas;
+  return {
+    scale: c.ds.scale, offset: [...c.ds.offset], low_quality: c.low_quality,
+    title_height: window.LiteGraph.NODE_TITLE_HEIGHT,
+    nodes: window.app.graph.nodes.map((n) => ({
+      id: n.id, type: n.type, title: n.title, pos: [...n.pos], size: [...n.size], mode: n.mode,
+      registered: n.type in window.LiteGraph.registered_node_types, has_errors: !!n.has_errors,
+      text: n.type === "MarkdownNote" ? String(n.widgets?.[0]?.value ?? "") : "",
+    })),
+  };
+}"""
+
+
+def canvas_state(page: Page) -> dict[str, Any]:
+    return page.evaluate(STATE_JS)
+
+
+def notices(page: Page) -> list[str]:
+    """Texts of the toasts and dialogs on screen (missing nodes, missing models, errors)."""
+    page.wait_for_timeout(500)
+    return [t.strip() for t in page.locator(".p-toast-message, [role='dialog'], [role='alertdialog']").all_inner_texts() if t.strip()]
+
+
+def off_screen(state: dict[str, Any], node: dict[str, Any]) -> str | None:
+    """Why ``node`` is not fully on the visible canvas (title bar included), or None."""
+    s, (ox, oy) = state["scale"], state["offset"]
+    x0, y0 = (node["pos"][0] + ox) * s, (node["pos"][1] - state["title_height"] + oy) * s
+    x1, y1 = (node["pos"][0] + node["size"][0] + ox) * s, (node["pos"][1] + node["size"][1] + oy) * s
+    if x0 < LEFT_BAR or y0 < TOP_BAR or x1 > VIEWPORT["width"] or y1 > VIEWPORT["height"]:
+        return f"{node['title']} #{node['id']} spans screen ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}) in a {VIEWPORT} window"
+    return None
+
+
+def assert_note_and_loaders_in_view(state: dict[str, Any], stem: str) -> dict[str, Any]:
+    nodes = state["nodes"]
+    notes = [n for n in nodes if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1, f"{stem}: expected one instruction note, got {len(notes)}"
+    note = notes[0]
+    assert note["pos"][1] <= min(n["pos"][1] for n in nodes), f"{stem}: the note is not at the top of the graph"
+    loaders = [n for n in nodes if n["type"] in LOADERS]
+    assert loaders, f"{stem}: no loader node"
+    problems = [p for n in [note, *loaders] if (p := off_screen(state, n))]
+    assert not problems, f"{stem}: opened with the note/loaders off screen: {problems}"
+    assert state["scale"] >= MIN_READABLE_ZOOM and not state["low_quality"], f"{stem}: opened at zoom {state['scale']:.2f}"
+    return note
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_workflow_opens_clean_with_note_and_loaders_in_view(site: dict[str, Any], browser: Any, shots: Path, stem: str) -> None:
+    site["use"]("full")
+    page = open_app(browser, site["url"])
+    try:
+        load(page, stem)
+        state = canvas_state(page)
+        unregistered = [f"{n['type']} #{n['id']}" for n in state["nodes"] if not n["registered"]]
+        assert not unregistered, f"{stem}: node types the server does not know (missing-node dialog): {unregistered}"
+        in_error = [f"{n['title']} #{n['id']}" for n in state["nodes"] if n["has_errors"]]
+        assert not in_error, f"{stem}: nodes drawn in error: {in_error}"
+        shown = notices(page)
+        assert not shown, f"{stem}: opened with notices on screen (missing nodes/models or errors): {shown}"
+        assert_note_and_loaders_in_view(state, stem)
+        page.screenshot(path=str(shots / f"{stem}.png"))
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_missing_models_are_explained_on_open(site: dict[str, Any], browser: Any, shots: Path, stem: str) -> None:
+    site["use"]("empty")
+    try:
+        page = open_app(browser, site["url"])
+        try:
+            load(page, stem)
+            state = canvas_state(page)
+            note = assert_note_and_loaders_in_view(state, stem)
+            text = " ".join(notices(page))
+            names = we.model_names(we.load_json(we.API_DIR / f"{stem}.json"))
+            folders = {v.removeprefix("bonsai/").split("/")[0] for k in ("snapshot", "text_encoder", "vae_folder") for v in names.get(k, ())}
+            assert "Bonsai Image: models not downloaded yet" in text, f"{stem}: no missing-models notice on open; on screen: {text!r}"
+            for folder in folders:
+                assert folder in text, f"{stem}: the notice does not name {folder!r}: {text!r}"
+                assert f"models/bonsai/{folder}/" in note["text"], f"{stem}: the note does not name models/bonsai/{folder}/"
+            for how in ("Bonsai Download Model", "bonsai.py download"):
+                assert how in text and how in note["text"], f"{stem}: neither notice nor note says {how!r}"
+            for name in names.get("model_name", ()):  # file-valued: the frontend's own missing-model notice
+                assert f"{name} is missing" in text, f"{stem}: the frontend did not flag {name}: {text!r}"
+            if stem == STEMS[0]:
+                page.screenshot(path=str(shots / "missing-models-on-open.png"))
+        finally:
+            page.close()
+    finally:
+        site["use"]("full")
+
+
+def test_template_browser_titles_and_fit(site: dict[str, Any], browser: Any, shots: Path) -> None:
+    site["use"]("full")
+    page = open_app(browser, site["url"])
+    try:
+        page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.get_by_text("Bonsai Image", exact=True).first.click()
+        page.wait_for_timeout(1500)
+        for stem in STEMS:
+            assert page.get_by_text(stem, exact=True).count() >= 1, f"template {stem!r} is not listed under its name"
+        page.screenshot(path=str(shots / "template-browser.png"))
+        biggest = max(STEMS, key=lambda s: len(we.load_json(we.WORKFLOWS / f"{s}.json")["nodes"]))
+        page.get_by_text(biggest, exact=True).first.click()
+        page.wait_for_function("window.app.graph.nodes.length > 5", timeout=30_000)
+        page.wait_for_timeout(1500)
+        state = canvas_state(page)
+        assert state["scale"] >= MIN_READABLE_ZOOM and not state["low_quality"], (
+            f"{biggest} opened from the template browser at zoom {state['scale']:.2f} (nodes drawn as blank boxes)"
+        )
+        page.screenshot(path=str(shots / "template-opened.png"))
+    finally:
+        page.close()
+
+
+def _history(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/history", timeout=10) as r:  # noqa: S310 (local test server)
+        return json.loads(r.read())
+
+
+def test_queue_512_workflow_from_the_page(site: dict[str, Any], browser: Any, shots: Path) -> None:
+    site["use"]("full")
+    stem = next(s for s in STEMS if s.endswith("512"))
+    before = set(_history(site["url"]))
+    page = open_app(browser, site["url"])
+    try:
+        load(page, stem)
+        page.get_by_role("button", name="Run", exact=True).first.click()
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        entry: dict[str, Any] | None = None
+        while time.monotonic() < deadline and entry is None:
+            time.sleep(2)
+            done = {k: v for k, v in _history(site["url"]).items() if k not in before and v.get("status", {}).get("completed")}
+            entry = next(iter(done.values()), None)
+        assert entry is not None, f"{stem}: no finished prompt within {RUN_TIMEOUT_S}s; on screen: {notices(page)}"
+        images = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+        assert images, f"{stem}: the prompt finished without an image: {entry['outputs']}"
+        saved = site["out"] / images[0].get("subfolder", "") / images[0]["filename"]
+        size, std, _ = we.image_stats(saved)
+        assert size == (512, 512) and std > 1.0, f"{saved}: {size}, std {std:.2f}"
+        # The Save Image node on the page shows the picture (the frontend fetched it from /view).
+        page.wait_for_function(
+            "() => window.app.graph.nodes.some((n) => n.type === 'SaveImage' && (n.imgs?.length ?? 0) > 0)", timeout=60_000
+        )
+        page.screenshot(path=str(shots / "queued-512.png"))
+    finally:
+        page.close()
