@@ -90,19 +90,22 @@ class BonsaiDownloadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, variant: str, release: str, **_: object) -> bool | str:
+    def validate_inputs(cls, release: str) -> bool | str:
+        # One input only: ComfyUI repeats a validation message once per input this method takes.
         # Cheap checks only: validation runs while the prompt is queued, so no network here.
-        if variant not in VARIANT_BITS:
-            return f"variant must be one of {', '.join(sorted(VARIANT_BITS))}, got {variant!r}"
-        if release != "auto" and release not in RELEASES:
-            return f"release must be one of auto, {', '.join(RELEASES)}, got {release!r}"
-        name = repo_name(variant, resolve_release(release))
-        target = models_location().bonsai_dir / name
+        chosen = resolve_release(release) if release in ("auto", *RELEASES) else None
+        if chosen is None:
+            return f"must be one of auto, {', '.join(RELEASES)}, got {release!r}"
+        bonsai = models_location().bonsai_dir
         if _offline_mode():
-            return f"HF_HUB_OFFLINE is set, so nothing can be downloaded. {manual_steps(f'{OWNER}/{name}', target, needed_description(resolve_release(release), COMPONENTS, variant))}"
-        existing = next((p for p in (target, *target.parents) if p.exists()), None)
+            steps = " Or: ".join(
+                manual_steps(f"{OWNER}/{repo_name(v, chosen)}", bonsai / repo_name(v, chosen), needed_description(chosen, COMPONENTS, v))
+                for v in sorted(VARIANT_BITS)
+            )
+            return f"HF_HUB_OFFLINE is set, so nothing can be downloaded. {steps}"
+        existing = next((p for p in (bonsai, *bonsai.parents) if p.exists()), None)
         if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-            return f"{existing}: not a writable folder, so the download cannot be saved under {target}"
+            return f"{existing} is not a writable folder, so nothing can be saved in {bonsai}"
         return True
 
     @classmethod

@@ -3,12 +3,12 @@ look, the downloaded text encoder loading through BonsaiTextEncoderLoader, and t
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hub_server import FakeRepo, HubServer
+from release_trees import closed_port
 
 pytestmark = pytest.mark.comfyui
 
@@ -32,7 +32,7 @@ def hub_with_te(comfyui, tmp_path: Path) -> Iterator[HubServer]:  # noqa: ANN001
 
 
 def _graph(**inputs: object) -> dict:
-    args = {"variant": "ternary", "backend": "gemlite", "text_encoder": True, "vae": True, "to_canonical": False, **inputs}
+    args = {"variant": "ternary", "release": "auto", "text_encoder": True, "vae": True, "to_canonical": False, **inputs}
     return {
         "1": {"class_type": "BonsaiDownloadModel", "inputs": args},
         "2": {"class_type": "BonsaiTestCapture", "inputs": {"value": ["1", 0], "label": "dir"}},
@@ -62,13 +62,51 @@ def test_download_node_then_load_the_text_encoder(
     assert loaded.captured["cond"][0][0].shape == (1, 512, 384)
 
 
-def test_download_node_offline(comfyui, module_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+def test_download_node_offline_is_one_readable_error(comfyui, module_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     result = comfyui.run(_graph(variant="binary"))
     assert not result.success
-    msg = result.error["exception_message"]
-    assert "Cannot reach the Hugging Face Hub" in msg and "bonsai-image-binary-4B-gemlite-1bit" in msg
+    err = result.error
+    # ComfyUI shows "module.QualName"; the pack's folder path would otherwise be mangled into the module name
+    assert err["exception_type"] == "bonsai_image.BonsaiDownloadError"
+    msg = err["exception_message"]
+    assert msg.startswith("Cannot reach the Hugging Face Hub") and "bonsai-image-binary-4B-gemlite-1bit" in msg
+    target = module_models / "bonsai" / "bonsai-image-binary-4B-gemlite-1bit"
+    assert "To install by hand: download https://huggingface.co/prism-ml/bonsai-image-binary-4B-gemlite-1bit/tree/main" in msg
+    assert f"into {target}/" in msg and "transformer-gemlite-int1/" in msg
+    assert not target.exists()
+
+
+def test_offline_mode_fails_at_queue_time_with_the_manual_steps(comfyui, module_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """HF_HUB_OFFLINE=1: nothing can work, so the prompt is refused by validation (one line per node, no traceback)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = comfyui.run(_graph(variant="ternary", release="mlx"))
+    assert not result.success and result.error is None  # never executed
+    errors = result.node_errors["1"]["errors"]
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "release"
+    text = errors[0]["details"]
+    assert text.startswith("release - HF_HUB_OFFLINE is set")
+    for repo in ("bonsai-image-ternary-4B-mlx-2bit", "bonsai-image-binary-4B-mlx-1bit"):
+        assert f"https://huggingface.co/prism-ml/{repo}/tree/main" in text and f"into {module_models / 'bonsai' / repo}/" in text
+
+
+def test_the_node_writes_into_the_running_comfyui_not_comfyui_path(
+    comfyui, module_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    """The in-UI route with a second ComfyUI named by $COMFYUI_PATH: the files go where this ComfyUI's loaders look."""
+    other = tmp_path / "other" / "ComfyUI"
+    (other / "models").mkdir(parents=True)
+    (other / "custom_nodes").mkdir()
+    (other / "main.py").write_text("")
+    monkeypatch.setenv("COMFYUI_PATH", str(other))
+    files = {"model_index.json": b"{}", "vae/config.json": b'{"latent_channels": 32}', "transformer-gemlite-int2/config.json": b"{}"}
+    server = HubServer({REPO: FakeRepo(REPO, files)}).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    try:
+        result = comfyui.run(_graph(text_encoder=False))
+    finally:
+        server.stop()
+    assert result.success, result.error
+    assert Path(result.captured["dir"]) == module_models / "bonsai" / SNAP
+    assert (module_models / "bonsai" / SNAP / "vae" / "config.json").is_file()
+    assert not (other / "models" / "bonsai").exists()
