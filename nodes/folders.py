@@ -283,35 +283,4 @@ def forget() -> None:
     _cache.clear()
 
 
-# ----------------------------------------------------------------------------- small bounded reads
-
-MAX_JSON_BYTES = 4 << 20  # released config.json files are a few kB
-
-
-def read_json_object(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    """A small JSON object from a regular file; ValueError/OSError otherwise (never reads past ``limit``).
-
-    Only regular files are opened: a FIFO or a device named config.json would block or never end."""
-    import json
-
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path}: not a regular file")
-    if st.st_size > limit:
-        raise ValueError(f"{path}: {st.st_size} bytes, larger than any config this pack reads ({limit})")
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number a config may hold")
-
-
 register()

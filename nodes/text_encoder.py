@@ -25,6 +25,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..bonsai_core.bounded import plain_file_name, read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.te_formats import (
@@ -94,7 +95,8 @@ def _te_config(folder: Path) -> dict[str, Any]:
 
     A diffusers component (``vae/``, ``transformer/``) carries ``_class_name``; a Qwen3 config carries
     ``model_type``/``architectures`` naming Qwen3 and the integer geometry the loaders need."""
-    cfg = folders.read_json_object(folder / "config.json")
+    cfg = read_json_object(folder / "config.json")
+    assert cfg is not None
     if "_class_name" in cfg:
         raise ValueError(f"{folder}: a diffusers {cfg['_class_name']!r} folder, not a Qwen3 text encoder")
     lm = cfg.get("text_config", cfg)  # some exports nest the language model config (VL-style)
@@ -154,17 +156,14 @@ def load_dense_clip(te_dir: Path) -> comfy.sd.CLIP:
     handed to :func:`build_clip` with ComfyUI's stock dense operations.
     """
     cfg_path = te_dir / "config.json"
-    try:
-        config = folders.read_json_object(cfg_path)
-    except (OSError, ValueError) as e:
-        raise BonsaiFormatError(cfg_path, None, f"cannot read the text encoder config: {e}") from None
+    config = read_json_object(cfg_path)  # bounded; BonsaiFormatError names the file
+    assert config is not None
     index = te_dir / _ST_INDEX
     if index.is_file():
-        try:
-            weight_map = folders.read_json_object(index)["weight_map"]
-            shards = {folders.guard(f, "shard", str(te_dir)) for f in weight_map.values()}  # index entries are names, not paths
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise BonsaiFormatError(index, None, f"cannot read the shard index: {e}") from None
+        weight_map = (read_json_object(index) or {}).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise BonsaiFormatError(index, "weight_map", "the shard index has no weight_map object")
+        shards = {plain_file_name(index, f, k) for k, f in weight_map.items()}  # names next to the index, never paths
         files = sorted(te_dir / f for f in shards)
     else:
         files = sorted(te_dir.glob("*.safetensors"))

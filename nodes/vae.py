@@ -22,6 +22,7 @@ import comfy.sd
 import comfy.utils
 from comfy_api.latest import io
 
+from ..bonsai_core.bounded import read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.vae import (
@@ -89,10 +90,8 @@ def resolve_vae_folder(name: object) -> Path:
 def read_vae_config(vae_dir: Path) -> dict[str, Any]:
     """Parse and check ``config.json``: it must describe a FLUX.2 VAE (AutoencoderKLFlux2, 32 latent channels, 2x2 patch)."""
     path = vae_dir / VAE_CONFIG_NAME
-    try:
-        cfg = folders.read_json_object(path)
-    except (OSError, ValueError) as e:
-        raise BonsaiFormatError(path, None, f"cannot read the VAE config: {e}") from None
+    cfg = read_json_object(path)  # bounded: regular file, size cap, strict JSON; BonsaiFormatError names the file
+    assert cfg is not None
     cls = cfg.get("_class_name")
     if cls != VAE_CLASS_NAME:
         raise BonsaiFormatError(path, None, f"_class_name is {cls!r}, expected {VAE_CLASS_NAME!r} (the FLUX.2 VAE)")
