@@ -174,13 +174,15 @@ def gemlite_metadata(gemlite: Any, weight: PackedLinearWeight) -> dict[str, torc
     (gemlite's torch packing path), per (bits, group size)."""
     key = (weight.bits, weight.group_size)
     if key not in _TEMPLATES:
-        g = weight.group_size
+        # two groups along K: with one group per row, pack() would take the scales for
+        # channel-wise ones and write another mode
+        k = 2 * weight.group_size
         step, offset = weight.code_map
-        tiny = gemlite.core.GemLiteLinearTriton(**_layer_kwargs(gemlite, weight, g, _TEMPLATE_ROWS))
-        q = torch.zeros(_TEMPLATE_ROWS, g, dtype=torch.uint8)
-        scale = torch.full((_TEMPLATE_ROWS, 1), float(step), dtype=torch.float16)
+        tiny = gemlite.core.GemLiteLinearTriton(**_layer_kwargs(gemlite, weight, k, _TEMPLATE_ROWS))
+        q = torch.zeros(_TEMPLATE_ROWS, k, dtype=torch.uint8)
+        scale = torch.full((_TEMPLATE_ROWS, 2), float(step), dtype=torch.float16)
         # pack()'s fma mode stores zero = -z * scale; z = -offset / step gives zero = offset * s
-        z = torch.full((_TEMPLATE_ROWS, 1), -offset / step, dtype=torch.float16)
+        z = torch.full((_TEMPLATE_ROWS, 2), -offset / step, dtype=torch.float16)
         tiny.pack(q, scale, z, fma_mode=True, packing_bitwidth=8)
         sd = tiny.state_dict()
         _TEMPLATES[key] = {k: sd[k].detach().clone() for k in ("metadata", "meta_scale") if k in sd}
