@@ -31,13 +31,12 @@ from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reas
 from bonsai_core.dispatch.cache import device_tag
 from bonsai_core.dispatch.tune import klein_linear_shapes
 from bonsai_core.klein import KLEIN_4B, diffusers_quantized_linears
-from bonsai_core.packing import PackedWeight, dequantize, pack_codes
+from bonsai_core.packing import VARIANT_BITS, PackedWeight, dequantize, pack_codes
 
 log = logging.getLogger(__name__)
 dispatch.register_backends(kernels.BACKENDS)  # the runtime never imports kernels: tooling hands them over
 
 DEFAULT_MS = "1,16,256,1536,4608,18432"
-VARIANT_BITS = {"binary": 1, "ternary": 2}
 DENSE = "dense-bf16"
 
 
