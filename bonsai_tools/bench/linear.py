@@ -30,7 +30,7 @@ from bonsai_core.atomic import atomic_path
 from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
 from bonsai_core.dispatch.cache import device_tag
 from bonsai_core.dispatch.tune import klein_linear_shapes
-from bonsai_core.klein import KLEIN_4B, diffusers_quantized_linears
+from bonsai_core.klein import GROUP_SIZE, KLEIN_4B, diffusers_quantized_linears
 from bonsai_core.packing import VARIANT_BITS, PackedWeight, dequantize, pack_codes
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _sync(device: torch.device) -> None:
 
 def _weight_bytes(backend: str, k: int, n: int, bits: int) -> int:
     """Bytes of weight data the kernel reads per call."""
-    groups = n * (k // 128)
+    groups = n * (k // GROUP_SIZE)
     if backend == DENSE:
         return k * n * 2
     if backend == "gemlite":  # transposed pack + fp16 scale and zero tables

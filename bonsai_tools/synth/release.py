@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bonsai_core.atomic import atomic_path
-from bonsai_core.hub_names import RELEASES, repo_name
+from bonsai_core.hub_names import OWNER, RELEASES, repo_name
+from bonsai_core.klein import GROUP_SIZE
 from bonsai_core.te_formats import LAYOUTS as TE_LAYOUTS
 from bonsai_core.te_formats import TE_FOLDER_NAMES
 from bonsai_core.vae import VAE_FOLDER
@@ -109,7 +110,9 @@ def make_release(
             make_te_fixture(te_format, size, seed, tmp / _TE_FOLDER[te_format], tokenizer_src=tokenizer_src)
         make_vae_fixture(vae_size or ("tiny" if size == "tiny" else "full"), seed, tmp / VAE_FOLDER)
         write_json(tmp / "model_index.json", _MODEL_INDEX)
-        write_json(tmp / "manifest.json", {"model_version": f"{variant} g128 (synthetic fixture, seed {seed})", "repo": f"prism-ml/{name}"})
+        write_json(
+            tmp / "manifest.json", {"model_version": f"{variant} g{GROUP_SIZE} (synthetic fixture, seed {seed})", "repo": f"{OWNER}/{name}"}
+        )
         if layout in ("mlx", "unpacked"):
             # These releases also carry the diffusers scheduler and a top-level tokenizer.
             write_json(tmp / "scheduler" / "scheduler_config.json", _SCHEDULER_CONFIG)
