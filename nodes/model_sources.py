@@ -107,10 +107,7 @@ def open_bonsai(path: str | Path) -> BonsaiCheckpoint:
     """A lazily read Bonsai checkpoint (BFL names, canonical codes) from a canonical file or a snapshot."""
     path = Path(path)
     if path.is_file():
-        if not is_canonical(path):
-            # load_canonical gives the precise reason (truncated, not safetensors, no Bonsai metadata).
-            load_canonical(path)
-            raise BonsaiFormatError(path, None, "not a canonical Bonsai file")
+        # one open, one header parse: load_canonical refuses a non-canonical file with the precise reason
         return load_canonical(path)
     return detect.open_checkpoint(path)
 
