@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import registry as _registry
+from . import run as _run
 from .registry import FALLBACK, backend_names, get_backend, unavailable_reason
 from .rules import AUTO, AUTO_FP8, ENV_BACKEND, reload_tables, select_backend
 from .run import lowbit_linear
@@ -29,6 +30,7 @@ from .run import lowbit_linear
 def register_backends(factories: Mapping[str, Callable[[Any], Any]]) -> None:
     """Make ``factories`` (``kernels.BACKENDS``) selectable; earlier decisions are forgotten."""
     _registry.register_backends(factories)
+    _run.forget_proven()
     reload_tables()
 
 

@@ -134,6 +134,14 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype, bits
     return _availability[key]
 
 
+def demote(name: str, device: torch.device, dtype: torch.dtype, bits: int, error: BaseException) -> None:
+    """Mark ``name`` unusable here after its first call failed (a kernel that does not compile on
+    this GPU, a broken optional package): later selections skip it, with one warning."""
+    reason = f"its first call failed: {type(error).__name__}: {error}"
+    _availability[(name, str(device), str(dtype), bits)] = reason
+    warn_once(name, reason, FALLBACK)
+
+
 def is_exact(name: str) -> bool:
     """Whether backend ``name`` computes the exact product (FP8-activation paths do not)."""
     return bool(getattr(get_backend(name), "exact", True))

@@ -57,6 +57,11 @@ _rules: dict[str, list[dict[str, Any]]] = {}
 _choices: dict[tuple[Any, ...], str] = {}
 
 
+def forget_choices() -> None:
+    """Decide again on next use (after a backend was found not to work here)."""
+    _choices.clear()
+
+
 def reload_tables() -> None:
     """Forget cached rules, choices and availability (after writing a table or a rules file)."""
     from .registry import forget_availability

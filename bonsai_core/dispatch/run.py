@@ -7,10 +7,13 @@ from typing import Any
 import torch
 
 from ..packing import PackedWeight
-from .registry import get_backend
-from .rules import AUTO, select_backend
+from .registry import FALLBACK, demote, get_backend
+from .rules import AUTO, forget_choices, select_backend
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+# (backend, device, dtype, bits) that ran once: a later failure there is a real error, not a
+# backend that cannot work on this machine
+_proven: set[tuple[str, torch.device, torch.dtype, int]] = set()
 
 
 def lowbit_linear(x: torch.Tensor, weight: PackedWeight, *, backend: str = AUTO, state: dict[str, Any] | None = None) -> torch.Tensor:
@@ -37,7 +40,32 @@ def lowbit_linear(x: torch.Tensor, weight: PackedWeight, *, backend: str = AUTO,
     if not x2d.is_contiguous():
         x2d = x2d.contiguous()
     name = select_backend(x.device, x.dtype, weight.bits, m, backend, k=k, n=n)
-    y = get_backend(name).matmul(x2d, weight, state if state is not None else {})
+    y = _run(name, x2d, weight, state if state is not None else {})
     if y.dtype != x.dtype:
         y = y.to(x.dtype)
     return y.reshape(*lead, n)
+
+
+def _run(name: str, x2d: torch.Tensor, weight: PackedWeight, state: dict[str, Any]) -> torch.Tensor:
+    key = (name, x2d.device, x2d.dtype, weight.bits)
+    if key in _proven or name == FALLBACK:
+        return get_backend(name).matmul(x2d, weight, state)
+    # Static rules pick a backend without trying it first; if its very first call here fails
+    # (no kernel for this GPU, a broken optional package), the prompt goes on with the reference
+    # backend and the choice is not made again.
+    try:
+        y = get_backend(name).matmul(x2d, weight, state)
+    except torch.cuda.OutOfMemoryError:
+        raise  # memory is ComfyUI's to manage (it frees and retries), not a reason to switch kernels
+    except Exception as e:  # noqa: BLE001 - any other first-call failure means "cannot run here"
+        demote(name, x2d.device, x2d.dtype, weight.bits, e)
+        forget_choices()
+        state.clear()
+        return get_backend(FALLBACK).matmul(x2d, weight, state)
+    _proven.add(key)
+    return y
+
+
+def forget_proven() -> None:
+    """Forget which backends ran (after registering new ones)."""
+    _proven.clear()

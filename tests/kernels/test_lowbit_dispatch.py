@@ -160,3 +160,62 @@ def test_nothing_registered_is_a_clear_error() -> None:
             dispatch.get_backend("torch")
     finally:
         dispatch.register_backends(saved)
+
+
+class _FailsFirst:
+    """A backend whose kernels cannot run on this machine (raises like a Triton compile error)."""
+
+    name = "broken"
+    exact = True
+
+    def __init__(self, context: object) -> None:
+        self.calls = 0
+        self.fail = True
+
+    def check(self, device: torch.device, dtype: torch.dtype, bits: int) -> None:
+        return None
+
+    def matmul(self, x2d: torch.Tensor, weight: PackedWeight, state: dict) -> torch.Tensor:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("no kernel image for this GPU")
+        return torch.nn.functional.linear(x2d, weight.dequantize(x2d.dtype))
+
+
+def test_a_backend_whose_first_call_fails_is_replaced_once_and_for_all(caplog: pytest.LogCaptureFixture) -> None:
+    from bonsai_core.dispatch import registry
+
+    dispatch.register_backends({"broken": _FailsFirst})
+    try:
+        codes, scales = random_packed(16, 256, 2)
+        w = PackedWeight(codes, scales, 2)
+        x = torch.randn(3, 256)
+        with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
+            y = lowbit_linear(x, w, backend="broken", state={})  # the prompt goes on, on the reference backend
+            y2 = lowbit_linear(x, w, backend="broken", state={})
+        assert torch.equal(y, lowbit_linear(x, w, backend="torch")) and torch.equal(y, y2)
+        assert dispatch.get_backend("broken").calls == 1  # not tried again
+        assert select_backend(CPU, torch.float32, 2, 3, "broken") == "torch"
+        msgs = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+        assert len(msgs) == 1 and "no kernel image" in msgs[0]
+    finally:
+        registry._factories.pop("broken", None)
+        dispatch.reload_tables()
+
+
+def test_a_failure_after_a_backend_worked_is_a_real_error() -> None:
+    from bonsai_core.dispatch import registry
+
+    dispatch.register_backends({"broken": _FailsFirst})
+    try:
+        backend = dispatch.get_backend("broken")
+        backend.fail = False
+        codes, scales = random_packed(16, 256, 1)
+        w = PackedWeight(codes, scales, 1)
+        lowbit_linear(torch.randn(2, 256), w, backend="broken")
+        backend.fail = True
+        with pytest.raises(RuntimeError, match="no kernel image"):
+            lowbit_linear(torch.randn(2, 256), w, backend="broken")
+    finally:
+        registry._factories.pop("broken", None)
+        dispatch.reload_tables()
