@@ -10,14 +10,14 @@ Order of decision for ``select_backend(..., requested)``:
 5. else the static rules, written from the H100 measurements in docs/benchmarks and the shipped
    table, and right on any CUDA GPU because they follow from where the time goes:
 
-   * CUDA, fp16/bf16, few tokens (``m <= 64``) on a wide layer (``n >= 8192``) and gemlite
-     installed -> ``gemlite`` (a weight-streaming GEMV; bandwidth-bound, the packed weight wins);
-   * ``auto-fp8`` on CUDA with FP8 tensor cores and more than 1024 tokens -> ``fp8``
-     (compute-bound: e4m3 tensor cores beat bf16; at 1024 tokens and below the extra
-     activation pass costs more than it saves, measured);
-   * CUDA with Triton -> ``triton_dequant`` (unpack into one shared scratch + cuBLAS): it won
-     every Klein shape and token bucket of the H100 table, by 1.03-3x over ``torch``, because it
-     writes the dense weight once at memory speed and leaves the GEMM to cuBLAS;
+   * CUDA with Triton -> ``triton_dequant`` (unpack into one shared scratch + cuBLAS). It won
+     every Klein shape and token bucket of the H100 table, by 1.03-3x over ``torch`` (it writes
+     the dense weight once at memory speed and leaves the GEMM to cuBLAS), and beat ``gemlite``
+     at every token count including 1 (gemlite's GEMV took 0.35-0.65 ms per Klein layer, the
+     dequant pass plus cuBLAS 0.1-0.2 ms), so gemlite is only used when asked for or measured;
+   * ``auto-fp8`` on CUDA with FP8 tensor cores and more than 2048 tokens (a 1024^2 image) ->
+     ``fp8``: compute-bound, e4m3 tensor cores beat bf16 there (1.3-1.6x per layer in the H100
+     table); at a 512^2 image the extra activation pass and launches cost more than they save;
    * Apple MPS -> ``mlx``; anything else -> ``torch``.
 
 Nothing here measures: a new resolution costs one table look-up, never a benchmark. A requested
@@ -46,9 +46,7 @@ log = logging.getLogger("bonsai_core.dispatch")
 ENV_BACKEND = "BONSAI_BACKEND"
 AUTO = "auto"
 AUTO_FP8 = "auto-fp8"  # like "auto", but may also pick the (not bit-exact) fp8 backend
-SMALL_M = 64
-WIDE_N = 8192
-FP8_FROM_M = 1025  # first token count of the 2048 bucket, where the H100 table's fp8 wins start
+FP8_FROM_M = 2049  # above a 512^2 image's tokens (1024 + text); a 1024^2 image is ~4608
 # Exact paths in order of preference for the measured table's candidates (ties go first).
 PREFERENCE = ("triton_dequant", "gemlite", "torch")
 FP8_BACKEND = "fp8"
@@ -131,7 +129,7 @@ def _measured_choice(
     return None
 
 
-def static_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int, n: int | None = None, *, allow_fp8: bool = False) -> str:
+def static_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int, *, allow_fp8: bool = False) -> str:
     """The static rules (see the module docstring); logs once when a preferred backend is missing."""
 
     def take(name: str) -> bool:
@@ -143,10 +141,7 @@ def static_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int, n
         warn_once(name, reason, FALLBACK)
         return False
 
-    half = dtype in (torch.float16, torch.bfloat16)
     if device.type == "cuda":
-        if half and m <= SMALL_M and (n is None or n >= WIDE_N) and take("gemlite"):
-            return "gemlite"
         if allow_fp8 and m >= FP8_FROM_M and take(FP8_BACKEND):
             return FP8_BACKEND
         if take("triton_dequant"):
@@ -186,6 +181,6 @@ def select_backend(
             name = FALLBACK
     else:
         allow_fp8 = requested == AUTO_FP8
-        name = _measured_choice(device, dtype, bits, m, k, n, allow_fp8) or static_choice(device, dtype, bits, m, n, allow_fp8=allow_fp8)
+        name = _measured_choice(device, dtype, bits, m, k, n, allow_fp8) or static_choice(device, dtype, bits, m, allow_fp8=allow_fp8)
     _choices[memo] = name
     return name

@@ -76,25 +76,29 @@ def test_unavailable_backend_falls_back_with_one_warning(caplog: pytest.LogCaptu
 
 
 def test_cuda_without_usable_gpu_uses_torch_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    # On this machine torch has no usable CUDA device, so the static rules' CUDA choices are
-    # unavailable: the real checks run (no mocks) and the answer must be torch plus a reason.
+    # On this machine torch has no usable CUDA device, so the static rules' CUDA choice is
+    # unavailable: the real check runs (no mocks) and the answer must be torch plus a reason.
     if torch.cuda.is_available():
         pytest.skip("CUDA present: covered by the gpu tests")
     with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
         assert select_backend(torch.device("cuda"), torch.float16, 2, 1) == "torch"
-        assert select_backend(torch.device("cuda"), torch.float16, 2, 4096) == "torch"  # large M: no gemlite attempt
-    assert sum("gemlite" in r.getMessage() for r in caplog.records) == 1
+        assert select_backend(torch.device("cuda"), torch.float16, 2, 4096) == "torch"
     assert sum("triton_dequant" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_static_rules_only_try_gemlite_for_few_tokens_on_wide_layers(caplog: pytest.LogCaptureFixture) -> None:
-    # measured on the H100: gemlite only pays off for few tokens on wide (N >= 8192) layers;
-    # everywhere else the exact dequant + cuBLAS path won
+def test_static_rules_never_try_gemlite_or_fp8_unasked(caplog: pytest.LogCaptureFixture) -> None:
+    # measured on the H100: the exact dequant + cuBLAS path beat gemlite at every token count,
+    # and FP8 is never chosen under plain "auto"
     cuda = torch.device("cuda")
     with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
-        rules.static_choice(cuda, torch.bfloat16, 1, 1, n=3072)
-        rules.static_choice(cuda, torch.bfloat16, 1, 4608, n=27648)
-    assert not [r for r in caplog.records if "gemlite" in r.getMessage()]  # gemlite was not even considered
+        for m in (1, 16, 64, 1536, 4608, 18432):
+            assert rules.static_choice(cuda, torch.bfloat16, 1, m) in ("triton_dequant", "torch")
+        # auto-fp8 only considers fp8 above a 512^2 image's token count
+        rules.static_choice(cuda, torch.bfloat16, 1, 1536, allow_fp8=True)
+    assert not [r for r in caplog.records if "gemlite" in r.getMessage() or "'fp8'" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
+        rules.static_choice(cuda, torch.bfloat16, 1, 4608, allow_fp8=True)
+    assert torch.cuda.is_available() or any("'fp8'" in r.getMessage() for r in caplog.records)
 
 
 def test_mps_prefers_mlx_when_importable() -> None:
