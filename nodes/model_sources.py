@@ -44,7 +44,12 @@ def _canonical_problem(path: Path) -> str | None:
 
 
 def _snapshot_problem(path: Path) -> str | None:
-    detect.detect_format(path)  # raises with the reason when no transformer pack is found
+    fmt, _target = detect.detect_format(path)  # raises with the reason when no transformer pack is found
+    if fmt != "gemlite":
+        # Safetensors and GGUF packs open from their header alone, so check them fully: a VAE or text
+        # encoder folder holding a diffusers-named .safetensors is detected as "unpacked" and fails here.
+        # A gemlite archive is opened at validation (its index is read from inside the zip).
+        open_bonsai(path)
     return None
 
 

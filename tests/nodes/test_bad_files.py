@@ -1,0 +1,145 @@
+"""One bad file costs only its own entry: the pack's nodes, their dropdowns and other prompts keep working.
+
+Hostile and unlucky files are put where users put models (``models/diffusion_models``, ``models/bonsai``):
+random bytes, a header declaring a terabyte, JSON nested 100,000 deep, NaN shapes, a gemlite archive
+that is not a zip, a VAE config with ``1e999``, a FIFO named ``config.json``, a symlink loop. Listing
+must not raise, hang or allocate more than a header's worth per entry; ComfyUI's node registration
+(what a restart does) and ``/object_info`` must keep every node; a good model next to them still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bonsai_tools.synth import make_fixture, make_vae_fixture
+
+pytestmark = pytest.mark.comfyui
+
+PACK_NODES = {"BonsaiModelLoader", "BonsaiTextEncoderLoader", "BonsaiVAELoader", "BonsaiPipelineLoader", "BonsaiSampler"}
+
+
+def _safetensors(header: bytes, payload: bytes = b"") -> bytes:
+    return struct.pack("<Q", len(header)) + header + payload
+
+
+def plant_bad_files(models: Path) -> list[str]:
+    """Write the hostile entries under ``models`` (``diffusion_models/`` and ``bonsai/``); returns their names."""
+    d, b = models / "diffusion_models", models / "bonsai"
+    d.mkdir(parents=True, exist_ok=True)
+    b.mkdir(parents=True, exist_ok=True)
+    files = {
+        d / "bad-random.safetensors": os.urandom(4096),
+        d / "bad-terabyte-header.safetensors": struct.pack("<Q", 1 << 40) + b"{}",
+        d / "bad-deep-header.safetensors": _safetensors(b"[" * 100_000),
+        d / "bad-nan-shape.safetensors": _safetensors(
+            b'{"__metadata__": {"bonsai_format": "canonical"}, "x": {"dtype": "F16", "shape": [NaN], "data_offsets": [0, 2]}}', b"\0\0"
+        ),
+        d / "bad-empty.safetensors": b"",
+        b / "bad-unpacked" / "transformer" / "config.json": b'{"_class_name": "Flux2Transformer2DModel"}',
+        b / "bad-unpacked" / "transformer" / "diffusion_pytorch_model.safetensors": _safetensors(
+            b'{"a": {"dtype": "BF16", "shape": [1e999]}}'
+        ),
+        b / "bad-gemlite" / "transformer-gemlite-int2" / "state_dict.pt": b"PK\x03\x04" + os.urandom(512),
+        b / "bad-vae" / "vae" / "config.json": b'{"_class_name": "AutoencoderKLFlux2", "latent_channels": 1e999}',
+        b / "bad-vae" / "vae" / "diffusion_pytorch_model.safetensors": os.urandom(100),
+        b / "bad-te" / "text_encoder-hqq-4bit" / "config.json": b'{"model_type": "qwen3", "hidden_size": ' + b"9" * 5000 + b"}",
+        b / "bad-te" / "text_encoder-hqq-4bit" / "qmodel.pt": os.urandom(64),
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (b / "fifo-te").mkdir(exist_ok=True)
+    os.mkfifo(b / "fifo-te" / "config.json")  # opening it for reading would block forever
+    (b / "fifo-te" / "model.safetensors").write_bytes(b"")
+    (b / "loop").mkdir(exist_ok=True)
+    os.symlink(b / "loop", b / "loop" / "again")
+    return sorted(p.relative_to(models).as_posix() for p in files)
+
+
+@pytest.fixture(scope="module")
+def tree(comfyui: Any, module_models: Path) -> dict[str, Any]:
+    bonsai = module_models / "bonsai"
+    make_fixture("ternary", "tiny", "canonical", 0, bonsai / "good-ternary.safetensors")
+    make_vae_fixture("tiny", 5, bonsai / "good-vae" / "vae")
+    return {"bad": plant_bad_files(module_models), "models": module_models}
+
+
+def test_registration_keeps_every_node(comfyui: Any, tree: dict[str, Any]) -> None:
+    """What ComfyUI does when it (re)loads the pack: gather the nodes and build each schema."""
+    pack = comfyui.pack_module
+    start = time.monotonic()
+    nodes = {n.GET_SCHEMA().node_id for n in pack.gather_nodes()}
+    assert PACK_NODES <= nodes and pack.IMPORT_ERRORS == {}, pack.IMPORT_ERRORS
+    assert time.monotonic() - start < 60
+
+
+def test_object_info_serves_every_loader_without_the_bad_entries(comfyui: Any, tree: dict[str, Any]) -> None:
+    infos = {node_id: comfyui.node_class(node_id).GET_NODE_INFO_V1() for node_id in PACK_NODES}
+    model_options = infos["BonsaiModelLoader"]["input"]["required"]["model_name"][1]["options"]
+    assert "good-ternary.safetensors" in model_options
+    # Listed entries are loadable or explained at validation: a gemlite archive is only opened there.
+    assert not [o for o in model_options if o.startswith("bad-") and o != "bad-gemlite/"], model_options
+    assert "good-vae/vae/" not in model_options  # a VAE's diffusion_pytorch_model.safetensors is no transformer
+    vae_options = infos["BonsaiVAELoader"]["input"]["required"]["vae_folder"][1]["options"]
+    assert "good-vae/vae" in vae_options and "bad-vae/vae" not in vae_options
+    te_options = infos["BonsaiTextEncoderLoader"]["input"]["required"]["text_encoder"][1]["options"]
+    assert not [o for o in te_options if "bad-te" in o or "fifo-te" in o], te_options
+    json.dumps(infos)  # what /object_info sends must serialise
+
+
+def test_listing_allocates_no_more_than_headers(comfyui: Any, tree: dict[str, Any]) -> None:
+    folders = comfyui.pack("nodes.folders")
+    sources = comfyui.pack("nodes.model_sources")
+    folders.forget()  # measure the first, uncached listing
+    tracemalloc.start()
+    try:
+        sources.list_models()
+        comfyui.pack("nodes.text_encoder").list_te_folders()
+        comfyui.pack("nodes.vae").list_vae_folders()
+        comfyui.pack("nodes.pipeline").list_snapshots()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"listing peaked at {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize(
+    "name", ["bad-random.safetensors", "bad-terabyte-header.safetensors", "bad-deep-header.safetensors", "bad-empty.safetensors"]
+)
+def test_a_bad_file_picked_anyway_is_one_line_at_validation(comfyui: Any, tree: dict[str, Any], name: str) -> None:
+    prompt = {
+        "1": {"class_type": "BonsaiModelLoader", "inputs": {"model_name": name, "backend": "auto", "compute_dtype": "default"}},
+        "2": {"class_type": "BonsaiTestCapture", "inputs": {"value": ["1", 0], "label": "model"}},
+    }
+    result = comfyui.run(prompt)
+    assert not result.valid
+    (error,) = result.node_errors["1"]["errors"]
+    assert name in error["details"] and "\n" not in error["details"] and "Traceback" not in error["details"], error
+
+
+def test_other_prompts_keep_working(comfyui: Any, tree: dict[str, Any]) -> None:
+    vae = comfyui.run(
+        {
+            "1": {"class_type": "BonsaiVAELoader", "inputs": {"vae_folder": "good-vae/vae"}},
+            "2": {"class_type": "BonsaiTestCapture", "inputs": {"value": ["1", 0], "label": "vae"}},
+        }
+    )
+    assert vae.success, vae.error
+    model = comfyui.run(
+        {
+            "1": {
+                "class_type": "BonsaiModelLoader",
+                "inputs": {"model_name": "good-ternary.safetensors", "backend": "auto", "compute_dtype": "default"},
+            },
+            "2": {"class_type": "BonsaiTestCapture", "inputs": {"value": ["1", 0], "label": "model"}},
+        }
+    )
+    assert model.success, model.error
