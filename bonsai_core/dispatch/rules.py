@@ -11,12 +11,12 @@ Order of decision for ``select_backend(..., requested)``:
    table, and right on any CUDA GPU because they follow from where the time goes:
 
    * CUDA with Triton -> ``triton_dequant`` (unpack into one shared scratch + cuBLAS). It won
-     every Klein shape and token bucket of the H100 table, by 1.03-3x over ``torch`` (it writes
+     every Klein shape and token bucket of the H100 table, by 1.0-3.3x over ``torch`` (it writes
      the dense weight once at memory speed and leaves the GEMM to cuBLAS), and beat ``gemlite``
      at every token count including 1 (gemlite's GEMV took 0.35-0.65 ms per Klein layer, the
      dequant pass plus cuBLAS 0.1-0.2 ms), so gemlite is only used when asked for or measured;
    * ``auto-fp8`` on CUDA with FP8 tensor cores and more than 2048 tokens (a 1024^2 image) ->
-     ``fp8``: compute-bound, e4m3 tensor cores beat bf16 there (1.3-1.6x per layer in the H100
+     ``fp8``: compute-bound, e4m3 tensor cores beat the exact path there (1.2-2.1x per layer in the H100
      table); at a 512^2 image the extra activation pass and launches cost more than they save;
    * Apple MPS -> ``mlx``; anything else -> ``torch``.
 
