@@ -39,15 +39,15 @@ def _detect(path: str | os.PathLike[str]) -> tuple[str, Path, SafetensorsReader 
     if p.is_file():
         if p.name.endswith(".index.json"):
             return "unpacked", p, None
+        if p.suffix == ".safetensors":  # the reader's one open and header parse also classify it
+            reader = SafetensorsReader(p, mmap=False)
+            return _safetensors_kind(reader), p, reader
         with open_regular(p) as fh:
             magic = fh.read(4)
         if magic == b"GGUF":
             return "gguf", p, None
         if p.suffix == ".gguf":
             raise BonsaiFormatError(p, None, "named .gguf but does not start with the GGUF magic (truncated or corrupt?)")
-        if p.suffix == ".safetensors":
-            reader = SafetensorsReader(p, mmap=False)
-            return _safetensors_kind(reader), p, reader
         if magic[:2] == b"PK" or p.suffix in (".pt", ".pth"):
             return "gemlite", p.parent, None
         raise BonsaiFormatError(p, None, "unrecognized file (expected .safetensors, .gguf or a gemlite state_dict.pt)")
