@@ -207,7 +207,7 @@ class DiffusersView:
 
 
 def quantization_config(fmt: str, bits: int, cfg: KleinConfig, **extra: object) -> dict[str, object]:
-    """The released ``quantization_config.json`` keys (formats.md section 5)."""
+    """The released ``quantization_config.json`` keys (docs/FORMAT.md, "The releases")."""
     quantized = list(diffusers_quantized_linears(cfg))
     out: dict[str, object] = {
         "format": fmt,

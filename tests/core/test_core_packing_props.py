@@ -88,7 +88,7 @@ def test_gemlite_layer_round_trip_and_documented_formula(p: PackedWeight) -> Non
     assert layer["orig_shape"].tolist() == [n, k]
     md = layer["metadata"].tolist()
     assert (md[1], md[2], md[4], md[10]) == (p.bits, GROUP_SIZE, 8 // p.bits, 4)
-    # formats.md section 3: gemlite's own dequantization (W = q * scale + zero along transposed W_q)
+    # docs/FORMAT.md §2.1: gemlite's own dequantization (W = q * scale + zero along transposed W_q)
     b, e = md[1], md[4]
     sh = torch.arange(e, dtype=torch.uint8) * b
     q = ((layer["W_q"].unsqueeze(1) >> sh.view(1, e, 1)) & ((1 << b) - 1)).reshape(k, n).float()

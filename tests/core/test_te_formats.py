@@ -200,7 +200,7 @@ def test_fixture_folders_and_resolution(tmp_path: Path) -> None:
 
 def test_full_size_inventory_matches_release() -> None:
     """Arithmetic only (the real 4B is too big for CPU tests): the Qwen3-4B config gives the
-    released tensor counts and sizes (formats.md §7-8)."""
+    released tensor counts and sizes (docs/FORMAT.md §2.7)."""
     cfg = QWEN3_4B_CONFIG
     linears = expected_linear_shapes(cfg)
     dense = expected_dense_shapes(cfg)
