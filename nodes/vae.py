@@ -112,8 +112,8 @@ def check_vae_weights(weights: Path) -> None:
     conv_in = entries.get("decoder.conv_in.weight")
     if conv_in is None:
         raise BonsaiFormatError(weights, "decoder.conv_in.weight", "tensor is missing: not a diffusers FLUX.2 VAE")
-    top = int(conv_in["shape"][0])
-    if top % 4 or len(conv_in["shape"]) != 4:
+    top = int(conv_in["shape"][0]) if conv_in["shape"] else 0  # a 0-d entry must not raise IndexError
+    if top % 4 or top == 0 or len(conv_in["shape"]) != 4:
         raise BonsaiFormatError(weights, "decoder.conv_in.weight", f"unexpected shape {conv_in['shape']}")
     c = top // 4
     expected = vae_tensor_shapes(VAE_BLOCK_OUT, (c, 2 * c, 4 * c, 4 * c))
