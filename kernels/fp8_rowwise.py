@@ -142,8 +142,9 @@ def reference_rowwise(x2d: torch.Tensor, weight: PackedLinearWeight) -> torch.Te
     w8 = (w * inv[:, None]).to(torch.float8_e4m3fn).float()
     xf = x2d.float()
     amax = xf.abs().amax(dim=1, keepdim=True).clamp_min(_TINY)
-    sa = amax / FP8_MAX
-    xq = (xf * (FP8_MAX / amax)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+    c = torch.full_like(amax, FP8_MAX)  # tensor/tensor: IEEE division, as the kernel's div.rn
+    sa = amax / c
+    xq = (xf * (c / amax)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
     return ((xq * sa) @ (w8 * r[:, None]).t()).to(x2d.dtype)
 
 
