@@ -13,7 +13,9 @@ Test controls: ``drop_after[path] = n`` cuts the connection once after ``n`` bod
 transfer), ``corrupt[path] = bytes`` serves other content than the metadata describes,
 ``stall[path] = s`` waits ``s`` seconds before answering (``INFO`` for the repo-info request),
 ``stall_body[path] = (n, s)`` waits ``s`` seconds at byte ``n`` of the file, in every request
-that reaches it (a Hub that stops sending). File names are served as given, hostile ones included. Every request is logged in
+that reaches it (a Hub that stops sending). File names are listed as given, hostile ones included,
+and a hostile name is also served at the URL a client makes of it (``.../resolve/<rev>/../x.json``
+arrives as ``.../resolve/x.json``), as a malicious endpoint would. Every request is logged in
 ``requests`` as ``(method, path, Range header)``.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import posixpath
 import threading
 from dataclasses import dataclass, field
 
@@ -88,11 +91,25 @@ class HubServer:
             {"_id": "x", "id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False, "siblings": siblings}
         )
 
+    def _hostile_match(self, url_path: str) -> tuple[str, str] | None:
+        """(repo id, file name) of a listed name that is not a plain path (``../x.json``) and whose
+        download URL, once the client removed dot segments, is ``url_path``: a hostile endpoint
+        answers those requests too."""
+        for repo in self.repos.values():
+            for name in repo.files:
+                url = posixpath.normpath(f"/{repo.repo_id}/resolve/{repo.commit}/{name}")
+                if url != f"/{repo.repo_id}/resolve/{repo.commit}/{name}" and url == posixpath.normpath(url_path):
+                    return repo.repo_id, name
+        return None
+
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
-        repo_id = f"{request.match_info['owner']}/{request.match_info['name']}"
-        path = request.match_info["path"]
+        repo_id = f"{request.match_info.get('owner')}/{request.match_info.get('name')}"
+        path = request.match_info.get("path", "")
         rng = request.headers.get("Range")
         self.requests.append((request.method, request.path, rng))
+        hostile = self._hostile_match(request.path)
+        if hostile is not None:
+            repo_id, path = hostile
         if path in self.stall:
             await self._pause(self.stall[path])
         repo = self.repos.get(repo_id)
@@ -141,6 +158,9 @@ class HubServer:
         app.router.add_get("/api/models/{owner}/{name}/revision/{rev}", self._info)
         app.router.add_route("HEAD", "/{owner}/{name}/resolve/{rev}/{path:.+}", self._resolve)
         app.router.add_get("/{owner}/{name}/resolve/{rev}/{path:.+}", self._resolve, allow_head=False)
+        # anything else: only a hostile name's normalized URL is answered (else 404)
+        app.router.add_route("HEAD", "/{tail:.*}", self._resolve)
+        app.router.add_get("/{tail:.*}", self._resolve, allow_head=False)
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
