@@ -25,6 +25,7 @@ from ..bonsai_core.download_errors import manual_steps
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.hub_names import AUTO_RELEASE, COMPONENTS, OWNER, RELEASES, VARIANT_BITS, needed_description, repo_name, resolve_release
 from ..bonsai_core.models_dir import BONSAI_FOLDER, ModelsLocation, resolve_models_location
+from . import folders
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ BonsaiDownloadError.__module__ = "bonsai_image"
 
 def models_location() -> ModelsLocation:
     """Where the node writes: ComfyUI's own ``bonsai`` folders (``models/bonsai`` registered idempotently)."""
-    folder_paths.add_model_folder_path(BONSAI_FOLDER, os.path.join(folder_paths.models_dir, BONSAI_FOLDER))
+    folders.register()  # the loaders' one registration of models/bonsai
     return resolve_models_location(registered=folder_paths.get_folder_paths(BONSAI_FOLDER), comfy_models_dir=folder_paths.models_dir)
 
 
@@ -90,9 +91,11 @@ class BonsaiDownloadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, release: str) -> bool | str:
+    def validate_inputs(cls, release: str | None) -> bool | str:
         # One input only: ComfyUI repeats a validation message once per input this method takes.
         # Cheap checks only: validation runs while the prompt is queued, so no network here.
+        if release is None:
+            return True  # arrives through a link: known only at execution, where download() checks it
         chosen = resolve_release(release) if release in ("auto", *RELEASES) else None
         if chosen is None:
             return f"must be one of auto, {', '.join(RELEASES)}, got {release!r}"
@@ -121,8 +124,12 @@ class BonsaiDownloadModel(io.ComfyNode):
             # update_absolute also checks for ComfyUI's interrupt, which aborts the transfer
             bar.update_absolute(done // _UNIT, max(1, total // _UNIT))
 
-        chosen = resolve_release(release)
-        log.info("Bonsai download: %s/%s -> %s", OWNER, repo_name(variant, chosen), where.describe())
+        try:
+            chosen = resolve_release(release)
+            name = repo_name(variant, chosen)
+        except ValueError as e:  # a linked value that validation could not see
+            raise BonsaiDownloadError(str(e)) from None
+        log.info("Bonsai download: %s/%s -> %s", OWNER, name, where.describe())
         try:
             result = download(
                 variant, chosen, components=components, to_canonical=to_canonical, progress=progress, bonsai_dir=where.bonsai_dir
