@@ -34,9 +34,11 @@ from typing import Any
 
 import folder_paths
 
+from ..bonsai_core.models_dir import BONSAI_FOLDER
+
 log = logging.getLogger("bonsai_image.folders")
 
-BONSAI = "bonsai"  # models/bonsai: downloaded releases and canonical files
+BONSAI = BONSAI_FOLDER  # models/bonsai: downloaded releases and canonical files (the downloader writes there)
 PACK_DIR = Path(__file__).resolve().parents[1].name  # this pack's folder under custom_nodes/
 DOWNLOAD_NODE = "Bonsai Download Model"
 
