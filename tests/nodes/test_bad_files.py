@@ -102,3 +102,24 @@ def test_other_prompts_keep_working(comfyui: Any, tree: dict[str, Any]) -> None:
         }
     )
     assert model.success, model.error
+
+
+def test_a_node_whose_schema_fails_is_dropped_alone(
+    comfyui: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Listings never raise, but should a schema fail anyway (a bug), ComfyUI would reject the whole pack
+    at registration: the entry point builds each schema first and leaves out only the failing node."""
+    te = comfyui.pack("nodes.text_encoder")
+
+    def broken() -> dict[str, Path]:
+        raise RuntimeError("simulated listing bug")
+
+    monkeypatch.setattr(te, "list_te_folders", broken)
+    pack = comfyui.pack_module
+    try:
+        found = {n.GET_SCHEMA().node_id for n in pack.gather_nodes()}
+        assert "BonsaiTextEncoderLoader" not in found and PACK_NODES - {"BonsaiTextEncoderLoader"} <= found
+        assert "text_encoder.BonsaiTextEncoderLoader" in pack.IMPORT_ERRORS
+        assert any("BonsaiTextEncoderLoader is unavailable" in r.getMessage() for r in caplog.records)
+    finally:
+        pack.IMPORT_ERRORS.pop("text_encoder.BonsaiTextEncoderLoader", None)
