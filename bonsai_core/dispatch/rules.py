@@ -106,7 +106,7 @@ def table_candidates(device: torch.device, dtype: torch.dtype, bits: int, allow_
     for b in names:
         if not _usable(b, device, dtype, bits):
             continue
-        if is_exact(b) or (allow_fp8 and b == FP8_BACKEND):
+        if allow_fp8 or is_exact(b):  # auto-fp8 may also pick any inexact (FP8-activation) backend
             out.append(b)
     return out
 

@@ -223,3 +223,35 @@ def test_a_failure_after_a_backend_worked_is_a_real_error() -> None:
     finally:
         registry._factories.pop("broken", None)
         dispatch.reload_tables()
+
+
+class _Approximate(_FailsFirst):
+    """An inexact backend that runs anywhere (stands for an FP8-activation path)."""
+
+    name = "approx"
+    exact = False
+
+    def __init__(self, context: object) -> None:
+        super().__init__(context)
+        self.fail = False
+
+
+def test_auto_fp8_may_pick_any_inexact_backend_plain_auto_never() -> None:
+    from bonsai_core.dispatch import registry
+
+    dispatch.register_backends({"approx": _Approximate})
+    try:
+        write_table(
+            CPU,
+            {
+                entry_key("backend", 16, 256, 1, torch.float32, 4): "approx",
+                entry_key("backend-fp8", 16, 256, 1, torch.float32, 4): "approx",
+            },
+        )
+        assert select_backend(CPU, torch.float32, 1, 4, k=256, n=16) == "torch"
+        assert select_backend(CPU, torch.float32, 1, 4, dispatch.AUTO_FP8, k=256, n=16) == "approx"
+        assert "approx" in rules.table_candidates(CPU, torch.float32, 1, True)
+        assert "approx" not in rules.table_candidates(CPU, torch.float32, 1, False)
+    finally:
+        registry._factories.pop("approx", None)
+        dispatch.reload_tables()
