@@ -15,24 +15,24 @@ the note at the top of the graph is what says, on open, which folder is needed a
 
 from __future__ import annotations
 
-from bonsai_core.download import OWNER
+from bonsai_core.hub_names import OWNER, VARIANT_BITS, repo_name
+from bonsai_core.models_dir import BONSAI_FOLDER
 
 HUB = "https://huggingface.co"
-BONSAI_DIR = "bonsai"  # models/bonsai: where the downloader writes a release, one folder per repo
+BONSAI_DIR = BONSAI_FOLDER  # models/bonsai: where the downloader writes a release, one folder per repo
 DOWNLOAD_NODE = "Bonsai Download Model"  # display name of the pack's Download node
 CLI = "python custom_nodes/bonsai-image/bonsai.py download {variant}"  # registry install folder = registry id
-BITS = {"binary": 1, "ternary": 2}
 
 
 def gemlite_repo(variant: str) -> str:
     """Repo (and ``models/bonsai`` folder) name of the gemlite release the workflows load."""
-    return f"bonsai-image-{variant}-4B-gemlite-{BITS[variant]}bit"
+    return repo_name(variant, "gemlite")
 
 
 def release_files(variant: str) -> list[tuple[str, str]]:
     """(component, path inside the repo) of the gemlite release's weight files."""
     return [
-        ("transformer", f"transformer-gemlite-int{BITS[variant]}/state_dict.pt"),
+        ("transformer", f"transformer-gemlite-int{VARIANT_BITS[variant]}/state_dict.pt"),
         ("text_encoder", "text_encoder-hqq-4bit/qmodel.pt"),
         ("vae", "vae/diffusion_pytorch_model.safetensors"),
     ]

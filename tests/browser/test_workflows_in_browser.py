@@ -27,9 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import harness.workflows as we
+import pytest
 from harness.server import comfyui_server
 
 pytestmark = pytest.mark.comfyui
@@ -143,7 +142,11 @@ def canvas_state(page: Page) -> dict[str, Any]:
 def notices(page: Page) -> list[str]:
     """Texts of the toasts and dialogs on screen (missing nodes, missing models, errors)."""
     page.wait_for_timeout(500)
-    return [t.strip() for t in page.locator(".p-toast-message, [role='dialog'], [role='alertdialog']").all_inner_texts() if t.strip()]
+    return [
+        t.strip()
+        for t in page.locator(".p-toast-message, [role='dialog'], [role='alertdialog'], [data-testid='error-overlay']").all_inner_texts()
+        if t.strip()
+    ]
 
 
 def off_screen(state: dict[str, Any], node: dict[str, Any]) -> str | None:
@@ -200,7 +203,9 @@ def test_missing_models_are_explained_on_open(site: dict[str, Any], browser: Any
             note = assert_note_and_loaders_in_view(state, stem)
             text = " ".join(notices(page))
             names = we.model_names(we.load_json(we.API_DIR / f"{stem}.json"))
-            folders = {v.removeprefix("bonsai/").split("/")[0] for k in ("snapshot", "text_encoder", "vae_folder") for v in names.get(k, ())}
+            folders = {
+                v.removeprefix("bonsai/").split("/")[0] for k in ("snapshot", "text_encoder", "vae_folder") for v in names.get(k, ())
+            }
             assert "Bonsai Image: models not downloaded yet" in text, f"{stem}: no missing-models notice on open; on screen: {text!r}"
             for folder in folders:
                 assert folder in text, f"{stem}: the notice does not name {folder!r}: {text!r}"
