@@ -29,6 +29,12 @@ log = logging.getLogger("bonsai_image.pipeline")
 CATEGORY = "Bonsai Image"
 WHAT = "snapshot folder"
 _NO_TE = "the snapshot has no text encoder folder (text_encoder-hqq-4bit/, text_encoder-mlx-4bit/ or text_encoder/)"
+_NO_VAE = "the snapshot has no FLUX.2 VAE (vae/config.json + vae/diffusion_pytorch_model.safetensors)"
+
+
+def _incomplete(path: Path, what: str) -> str:
+    """One line for a snapshot missing a part (e.g. a transformer-only download), with how to complete it."""
+    return f"{path}: {what}; the whole release has it: {folders.models_hint()}"
 
 
 def find_text_encoder(folder: Path) -> Path | None:
@@ -68,9 +74,9 @@ def resolve_snapshot(name: object) -> Path:
 def _parts_problem(folder: Path) -> str | None:
     vae_dir = folder / vae.VAE_SUBDIR
     if not vae.is_vae_dir(vae_dir):
-        return f"{vae_dir}: the snapshot has no FLUX.2 VAE ({vae.VAE_CONFIG_NAME} + {vae.VAE_WEIGHTS_NAME})"
+        return _incomplete(folder, _NO_VAE)
     if find_text_encoder(folder) is None:
-        return f"{folder}: {_NO_TE}"
+        return _incomplete(folder, _NO_TE)
     return None
 
 
@@ -78,11 +84,11 @@ def _pipeline_problem(folder: Path) -> str | None:
     # Header-level checks of all three parts, the cheap ones (VAE, text encoder) before the transformer.
     vae_dir = folder / vae.VAE_SUBDIR
     if not (vae_dir / vae.VAE_CONFIG_NAME).is_file():
-        return f"{vae_dir}: the snapshot has no FLUX.2 VAE ({vae.VAE_CONFIG_NAME} + {vae.VAE_WEIGHTS_NAME})"
+        return _incomplete(folder, _NO_VAE)
     vae.read_vae_config(vae_dir)
     vae.check_vae_weights(vae_dir / vae.VAE_WEIGHTS_NAME)
     if find_text_encoder(folder) is None:
-        return f"{folder}: {_NO_TE}"
+        return _incomplete(folder, _NO_TE)
     return model_sources.describe_problem(folder)
 
 

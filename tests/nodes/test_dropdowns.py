@@ -88,6 +88,11 @@ def test_pipeline_dropdown_holds_complete_snapshots(comfyui: Any, tree: dict[str
     try:
         assert "partial-release/" not in options(comfyui, "BonsaiPipelineLoader")
         assert "partial-release/" in options(comfyui, "BonsaiModelLoader")  # its transformer still loads alone
+        problem = comfyui.node_class("BonsaiPipelineLoader").validate_inputs("partial-release/")
+        assert "no text encoder folder" in problem and "Bonsai Download Model" in problem and "\n" not in problem, problem
+        shutil.rmtree(partial / "vae")  # a transformer-only download: one line, not "[Errno 2] ... vae/config.json"
+        problem = comfyui.node_class("BonsaiPipelineLoader").validate_inputs("partial-release/")
+        assert "no FLUX.2 VAE" in problem and "bonsai.py download" in problem and "Errno" not in problem, problem
     finally:
         shutil.rmtree(partial)
 
