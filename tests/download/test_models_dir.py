@@ -26,9 +26,12 @@ def make_comfyui(root: Path) -> Path:
     return root
 
 
-def install_pack(comfyui: Path, name: str = "bonsai_image") -> Path:
-    """What ``git clone`` leaves in custom_nodes/ as far as the command line needs it."""
+def install_pack(comfyui: Path, name: str = "bonsai_image", *, link: bool = False) -> Path:
+    """What ``git clone`` leaves in custom_nodes/ as far as the command line needs it (or a link to this checkout)."""
     pack = comfyui / "custom_nodes" / name
+    if link:
+        pack.symlink_to(REPO_ROOT, target_is_directory=True)
+        return pack
     pack.mkdir(parents=True)
     shutil.copy2(REPO_ROOT / "bonsai.py", pack / "bonsai.py")
     shutil.copytree(REPO_ROOT / "bonsai_core", pack / "bonsai_core", ignore=shutil.ignore_patterns("__pycache__"))
@@ -130,10 +133,12 @@ def test_extra_model_paths_yaml_is_applied_like_comfyui(
 # -- the command line from a git install ------------------------------------------------------
 
 
-def test_bonsai_py_downloads_into_the_comfyui_it_is_installed_in(two_installs: dict[str, Path], hub: HubServer) -> None:
+@pytest.mark.parametrize("install", ["clone", "link"])
+def test_bonsai_py_downloads_into_the_comfyui_it_is_installed_in(two_installs: dict[str, Path], hub: HubServer, install: str) -> None:
     a, b = two_installs["A"], two_installs["B"]
+    pack = two_installs["pack"] if install == "clone" else install_pack(a, "bonsai_linked", link=True)
     out = run_cli(
-        [str(two_installs["pack"] / "bonsai.py"), "download", "ternary", "-q"],
+        [str(pack / "bonsai.py"), "download", "ternary", "-q"],
         endpoint=hub.endpoint,
         cwd=two_installs["elsewhere"],
         env={"HOME": str(two_installs["home"]), "COMFYUI_PATH": str(b), "PYTHONPATH": ""},
