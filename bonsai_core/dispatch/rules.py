@@ -164,7 +164,7 @@ def select_backend(
     """The backend name that will run an ``[m, k] x [k, n]`` low-bit matmul here."""
     if requested == AUTO:
         requested = os.environ.get(ENV_BACKEND, "").strip().lower() or AUTO
-    memo = (str(device), dtype, bits, m, requested, k, n)
+    memo = (device, dtype, bits, m, requested, k, n)  # torch.device hashes by type and index
     hit = _choices.get(memo)  # called for every linear of every step: decide once per shape
     if hit is not None:
         return hit
