@@ -6,17 +6,20 @@ the heap capped at 256 MB. Before the bounds, each of these grew until MemoryErr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from bounded_worker import run_bounded
 from crafted import append_tensor, rewrite_header
 
 from bonsai_core.errors import BonsaiFormatError
 from bonsai_core.formats import open_checkpoint
+from bonsai_core.formats.gguf import write_gguf
 from bonsai_core.klein import GeometryError, KleinConfig, infer_config_from_bfl_shapes, infer_config_from_diffusers_shapes
 from bonsai_core.te_formats import read_te
 from bonsai_tools.synth import QWEN3_TINY_CONFIG, random_te, write_hqq, write_mlx
@@ -68,6 +71,17 @@ def craft_bombs(tiny: dict, root: Path) -> dict[str, tuple[Path, str | None]]:
     _edit_json(snap / "transformer-packed-mflux" / "config.json", num_single_layers=BIG, attention_head_dim=BIG)
     out["mlx config.json 1e9 single blocks"] = (snap, None)
 
+    # a GGUF (BFL names) with one extra block-index-1e9 tensor beside a valid tiny model
+    ckpt = open_checkpoint(tiny[("binary", "canonical")])
+    name = f"double_blocks.{BIG}.img_attn.norm.query_norm.scale"
+    extra = torch.ones(128, dtype=torch.bfloat16)
+    ckpt = dataclasses.replace(
+        ckpt,
+        dense_shapes={**ckpt.dense_shapes, name: (torch.bfloat16, (128,))},
+        load_dense=lambda k, real=ckpt.load_dense: extra if k == name else real(k),
+    )
+    out["gguf block index 1e9"] = (write_gguf(ckpt, root / "bomb.gguf"), name)
+
     for layout, write in (("hqq", write_hqq), ("mlx", write_mlx)):
         folder = root / f"te-{layout}"
         write(random_te(TE_MINI, layout, seed=3), folder)
@@ -93,6 +107,7 @@ def bombs(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
         "mlx single-block index 1e9, no config.json",
         "gemlite config.json num_layers 1e9",
         "mlx config.json 1e9 single blocks",
+        "gguf block index 1e9",
         "text encoder (hqq) with 1e9 layers",
         "text encoder (mlx) with 1e9 layers",
     ],
