@@ -18,6 +18,7 @@ from .safetensors_io import TensorSpec, write_safetensors
 
 log = logging.getLogger(__name__)
 
+
 def write_checkpoint(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], fmt: str = "canonical") -> Path:
     """Write ``ckpt`` in layout ``fmt``; returns the file or pack folder written.
 
@@ -28,7 +29,9 @@ def write_checkpoint(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], fmt: s
     except ValueError as e:
         raise BonsaiFormatError(out, None, str(e)) from None
     if not spec.holds(ckpt.meta.variant):
-        raise BonsaiFormatError(out, None, f"the {fmt} layout holds {' and '.join(spec.variants)} weights only; this checkpoint is {ckpt.meta.variant}")
+        raise BonsaiFormatError(
+            out, None, f"the {fmt} layout holds {' and '.join(spec.variants)} weights only; this checkpoint is {ckpt.meta.variant}"
+        )
     return spec.write(ckpt, check_output_path(out))
 
 

@@ -107,7 +107,9 @@ def compact_scales(scales: torch.Tensor) -> torch.Tensor:
     return scales.float()
 
 
-def quantize_exact(weight: torch.Tensor, bits: int | None = None, *, path: str = "?", tensor: str = "?") -> tuple[torch.Tensor, torch.Tensor, int]:
+def quantize_exact(
+    weight: torch.Tensor, bits: int | None = None, *, path: str = "?", tensor: str = "?"
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Pack a dense weight whose every 128-group along K holds only ``{-s, +s}`` or ``{-s, 0, +s}``.
 
     This is a lossless re-encoding, not quantization: anything else is refused naming the
@@ -175,7 +177,9 @@ def check_dense_values(t: torch.Tensor, path: object = "?", tensor: str | None =
 def _raise_first_bad(bad: torch.Tensor, path: str, tensor: str, what: str) -> None:
     idx = bad.nonzero()[0].tolist()
     row, group = idx[0], idx[1]
-    raise BonsaiFormatError(path, tensor, f"row {row}, group {group} (inputs {group * GROUP_SIZE}..{group * GROUP_SIZE + GROUP_SIZE - 1}) {what}")
+    raise BonsaiFormatError(
+        path, tensor, f"row {row}, group {group} (inputs {group * GROUP_SIZE}..{group * GROUP_SIZE + GROUP_SIZE - 1}) {what}"
+    )
 
 
 @dataclass

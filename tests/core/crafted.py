@@ -18,7 +18,11 @@ def raw_safetensors(path: Path, header: Any, data: bytes = b"", *, header_len: i
 
 
 def entry(dtype: str = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[str, Any]:
-    return {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape, "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets}
+    return {
+        "dtype": dtype,
+        "shape": list(shape) if isinstance(shape, tuple) else shape,
+        "data_offsets": list(offsets) if isinstance(offsets, tuple) else offsets,
+    }
 
 
 # name -> (header, data, header_len override, the tensor the error must name or None)
@@ -36,7 +40,12 @@ HEADER_CASES: dict[str, tuple[Any, bytes, int | None, str | None]] = {
     "huge_int": (b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 8]}}', b"\0" * 8, None, None),
     "deep_nesting": (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"", None, None),
     "moderate_nesting": (b'{"__metadata__": {"x": ' + b"[" * 50 + b"]" * 50 + b"}}", b"", None, None),
-    "duplicate_key": (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', b"\0" * 8, None, None),
+    "duplicate_key": (
+        b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
+        b"\0" * 8,
+        None,
+        None,
+    ),
     "entry_not_object": ({"a": [1, 2]}, b"", None, "a"),
     "entry_null": ({"a": None}, b"", None, "a"),
     "dtype_unknown": ({"a": entry(dtype="F128")}, b"\0" * 8, None, "a"),

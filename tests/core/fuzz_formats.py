@@ -39,14 +39,18 @@ json_scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
-json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4), max_leaves=20)
+json_values = st.recursive(
+    json_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4), max_leaves=20
+)
 dims = st.one_of(st.integers(min_value=0, max_value=16), st.integers(min_value=-5, max_value=1 << 62), json_scalars)
 entries = st.one_of(
     st.fixed_dictionaries(
         {
             "dtype": st.one_of(st.sampled_from(sorted(_ST_ITEMSIZE)), json_scalars),
             "shape": st.one_of(st.lists(dims, max_size=10), json_values),
-            "data_offsets": st.one_of(st.lists(st.integers(min_value=-4, max_value=300), min_size=2, max_size=2), st.lists(dims, max_size=3), json_values),
+            "data_offsets": st.one_of(
+                st.lists(st.integers(min_value=-4, max_value=300), min_size=2, max_size=2), st.lists(dims, max_size=3), json_values
+            ),
         }
     ),
     json_values,
@@ -126,13 +130,22 @@ def fuzz_json_configs(folder: str) -> None:
     base = Path(folder)
     tf_cfg = KLEIN_TINY.to_diffusers_config()
     logical = {f"{m}.weight": s for m, s in diffusers_quantized_linears(KLEIN_TINY).items()} | diffusers_dense_tensors(KLEIN_TINY)
-    te_cfg = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256}
+    te_cfg = {
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 256,
+    }
     special = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "9" * 40, "[" * 5000, "{}", "[]", '"x"', "null", "\ufeff{}"])
 
     @SETTINGS
     @given(
         which=st.sampled_from(["transformer", "te"]),
-        changes=st.dictionaries(st.sampled_from(sorted(set(tf_cfg) | set(te_cfg) | {"text_config"})), st.one_of(json_values, dims), max_size=4),
+        changes=st.dictionaries(
+            st.sampled_from(sorted(set(tf_cfg) | set(te_cfg) | {"text_config"})), st.one_of(json_values, dims), max_size=4
+        ),
         raw_value=st.one_of(st.none(), special),
         nest=st.booleans(),
     )
