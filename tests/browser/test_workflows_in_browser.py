@@ -104,6 +104,11 @@ def shots(tmp_path: Path) -> Path:
     return out
 
 
+def shot(page: Page, path: Path) -> None:
+    """A JPEG screenshot of the window (small enough to commit under docs/screenshots/)."""
+    page.screenshot(path=str(path), type="jpeg", quality=80)
+
+
 def open_app(browser: Any, url: str) -> Page:
     """A fresh page with the frontend loaded (its first-run template dialog closed)."""
     page = browser.new_page(viewport=VIEWPORT)
@@ -187,7 +192,7 @@ def test_workflow_opens_clean_with_note_and_loaders_in_view(site: dict[str, Any]
         shown = notices(page)
         assert not shown, f"{stem}: opened with notices on screen (missing nodes/models or errors): {shown}"
         assert_note_and_loaders_in_view(state, stem)
-        page.screenshot(path=str(shots / f"{stem}.png"))
+        shot(page, shots / f"{stem}.jpg")
     finally:
         page.close()
 
@@ -215,7 +220,7 @@ def test_missing_models_are_explained_on_open(site: dict[str, Any], browser: Any
             for name in names.get("model_name", ()):  # file-valued: the frontend's own missing-model notice
                 assert f"{name} is missing" in text, f"{stem}: the frontend did not flag {name}: {text!r}"
             if stem == STEMS[0]:
-                page.screenshot(path=str(shots / "missing-models-on-open.png"))
+                shot(page, shots / "missing-models-on-open.jpg")
         finally:
             page.close()
     finally:
@@ -231,7 +236,7 @@ def test_template_browser_titles_and_fit(site: dict[str, Any], browser: Any, sho
         page.wait_for_timeout(1500)
         for stem in STEMS:
             assert page.get_by_text(stem, exact=True).count() >= 1, f"template {stem!r} is not listed under its name"
-        page.screenshot(path=str(shots / "template-browser.png"))
+        shot(page, shots / "template-browser.jpg")
         biggest = max(STEMS, key=lambda s: len(we.load_json(we.WORKFLOWS / f"{s}.json")["nodes"]))
         page.get_by_text(biggest, exact=True).first.click()
         page.wait_for_function("window.app.graph.nodes.length > 5", timeout=30_000)
@@ -240,7 +245,7 @@ def test_template_browser_titles_and_fit(site: dict[str, Any], browser: Any, sho
         assert state["scale"] >= MIN_READABLE_ZOOM and not state["low_quality"], (
             f"{biggest} opened from the template browser at zoom {state['scale']:.2f} (nodes drawn as blank boxes)"
         )
-        page.screenshot(path=str(shots / "template-opened.png"))
+        shot(page, shots / "template-opened.jpg")
     finally:
         page.close()
 
@@ -274,6 +279,6 @@ def test_queue_512_workflow_from_the_page(site: dict[str, Any], browser: Any, sh
         page.wait_for_function(
             "() => window.app.graph.nodes.some((n) => n.type === 'SaveImage' && (n.imgs?.length ?? 0) > 0)", timeout=60_000
         )
-        page.screenshot(path=str(shots / "queued-512.png"))
+        shot(page, shots / "queued-512.jpg")
     finally:
         page.close()
