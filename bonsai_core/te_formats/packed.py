@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import BonsaiFormatError
+from ..packing import all_finite
 
 TE_GROUP_SIZE = 64
 LAYOUTS = ("hqq", "mlx")
@@ -139,7 +140,7 @@ class TEWeights:
 def check_te_values(p: Packed4Bit, path: object, tensor: str) -> Packed4Bit:
     """Refuse non-finite scales or offsets (every 4-bit code 0..15 is valid), once per tensor read."""
     for what, t in (("scales", p.scales), ("offsets", p.offsets)):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not all_finite(t):
             raise BonsaiFormatError(path, tensor, f"{what} hold NaN or an infinity; a 4-bit weight's {what} are finite")
     if not (p.scales.is_floating_point() and p.offsets.is_floating_point()):
         raise BonsaiFormatError(path, tensor, f"scales/offsets are {p.scales.dtype}/{p.offsets.dtype}; expected floats")

@@ -101,3 +101,18 @@ def test_te_hqq_infinite_scale(tmp_path: Path) -> None:
     with pytest.raises(BonsaiFormatError, match="NaN or an infinity") as ei:
         read_hqq(tmp_path)
     assert ei.value.tensor == "model.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("shape", [(), (5,), (3, 4)])
+def test_check_dense_values_finds_every_non_finite(dtype: torch.dtype, bad: float, shape: tuple[int, ...]) -> None:
+    from bonsai_core.packing import all_finite, check_dense_values
+
+    t = torch.ones(shape, dtype=dtype)
+    assert all_finite(t) and check_dense_values(t) is t
+    t.view(-1)[-1] = bad
+    assert not all_finite(t)
+    with pytest.raises(BonsaiFormatError, match="weights must be finite"):
+        check_dense_values(t, "f.safetensors", "w")
+    assert all_finite(torch.empty(0, dtype=dtype))
