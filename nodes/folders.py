@@ -107,9 +107,11 @@ def _join(root: Path, rel: str) -> Path | None:
     """``root/rel``, or None if the joined path would leave ``root`` lexically (belt and braces after the guard)."""
     joined = os.path.normpath(os.path.join(root, rel))
     base = os.path.normpath(root)
-    if os.path.commonpath([base, joined]) != base:
-        return None
-    return Path(joined)
+    try:
+        inside = os.path.commonpath([base, joined]) == base
+    except ValueError:  # different drives (Windows)
+        inside = False
+    return Path(joined) if inside else None
 
 
 def find(kinds: Iterable[str], rel: str, *, want_dir: bool) -> Path | None:
