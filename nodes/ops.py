@@ -36,6 +36,7 @@ import comfy.ops
 import torch
 
 from ..bonsai_core import dispatch
+from ..bonsai_core.canonical import SCALE_LEAF
 from ..bonsai_core.dispatch import lowbit_linear
 from ..bonsai_core.klein import GROUP_SIZE
 from ..bonsai_core.lowrank import LowRankBranch, apply_low_rank
@@ -46,7 +47,7 @@ dispatch.register_backends(BACKENDS)  # bonsai_core never imports kernels: the p
 
 log = logging.getLogger("bonsai_image.ops")
 
-SCALE_SUFFIX = "weight_scale"
+SCALE_SUFFIX = SCALE_LEAF  # "<module>.weight_scale": the canonical file's key for a layer's scales
 
 # A resolver gets (layer, one entry of layer.weight_function) and returns the low-rank branches
 # that entry stands for, or None when the entry is not its kind.
