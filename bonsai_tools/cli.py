@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "bench-linear": ".bench.linear",
     "bench-model": ".bench.model",
     "bench-lora": ".bench.lora",
+    "bench-prompt": ".bench.prompt",
     "build-workflows": ".workflows.build",
     "make-fixture": ".synth.cli",
     "tune": ".tune",

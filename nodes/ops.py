@@ -7,7 +7,8 @@ arrives:
 
 * packed: ``<prefix>weight`` (uint8 codes) + ``<prefix>weight_scale`` are kept as the buffers
   ``codes`` / ``scales`` (never a dense copy); ``forward`` runs
-  :func:`bonsai_core.dispatch.lowbit_linear` and then the unmerged LoRA branches;
+  :func:`bonsai_core.dispatch.lowbit_linear` (as one torch custom op under ``torch.compile``,
+  see :mod:`.lowbit_op`) and then the unmerged LoRA branches;
 * dense (the 9 edge layers, kept dense so ComfyUI's model detection works): an ordinary
   ``weight`` Parameter, and ``forward`` is stock ``manual_cast`` (casting, lowvram, LoRA patches).
 
@@ -37,11 +38,10 @@ import torch
 
 from ..bonsai_core import dispatch
 from ..bonsai_core.canonical import SCALE_LEAF
-from ..bonsai_core.dispatch import lowbit_linear
 from ..bonsai_core.klein import GROUP_SIZE
 from ..bonsai_core.lowrank import LowRankBranch, apply_low_rank
-from ..bonsai_core.packing import PackedWeight
 from ..kernels import BACKENDS
+from . import lowbit_op
 
 dispatch.register_backends(BACKENDS)  # bonsai_core never imports kernels: the pack hands them over
 
@@ -94,6 +94,7 @@ class BonsaiOps(comfy.ops.manual_cast):
             self.bonsai_state: dict[str, Any] = {}  # backend-prepared data for the resident codes
             self.bonsai_lora: list[LowRankBranch] = []  # filled by the LoRA integration
             self._bonsai_state_owner: tuple[Any, ...] | None = None
+            self.bonsai_uid = lowbit_op.register_layer(self)  # names this layer inside the custom op
 
         # ---- what this layer is -------------------------------------------------------------
 
@@ -239,17 +240,12 @@ class BonsaiOps(comfy.ops.manual_cast):
             codes, scales = self.codes, self.scales
             if codes.device != x.device:
                 # Offloaded (lowvram): stream this layer's packed bytes for one call; nothing is
-                # cached for a copy that is dropped right after.
+                # cached for a copy that is dropped right after (lowbit_op gives it a fresh state).
                 non_blocking = comfy.model_management.device_supports_non_blocking(x.device)
                 codes = codes.to(x.device, non_blocking=non_blocking)
                 scales = scales.to(x.device, non_blocking=non_blocking)
-                state: dict[str, Any] = {}
-            else:
-                state = self._resident_state(codes, scales)
-            weight = state.get("weight")
-            if weight is None:  # shapes were checked at load: build the weight object once per placement
-                weight = state["weight"] = PackedWeight(codes, scales, self.bonsai_bits)
-            y = lowbit_linear(x, weight, backend=self.bonsai_backend, state=state)
+            # one custom op under torch.compile (no graph break), a plain call in eager mode
+            y = lowbit_op.call(x, codes, scales, self.bonsai_bits, self.bonsai_backend, self.bonsai_uid)
             branches = self.bonsai_lora + self._branches_from_weight_functions()
             if branches:
                 y = apply_low_rank(x, y, branches)

@@ -38,11 +38,13 @@ import types
 from pathlib import Path
 from typing import Any
 
+from .summary import step_rows, write_summary
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = "bonsai_image"
-DEFAULT_BACKENDS = ("triton_dequant", "fp8", "auto")
+DEFAULT_BACKENDS = ("auto", "fp8", "fp8_rowwise", "fp8_rowwise_resident")
 
 
 # ---------------------------------------------------------------------------
@@ -247,49 +249,83 @@ def env_info(device: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def run_variant(variant: str, args: argparse.Namespace, ops_mod: types.ModuleType, device: Any) -> dict[str, Any]:
+def _measure(name: str, build: Any, args: argparse.Namespace, device: Any, ref: Any, label: str) -> tuple[dict[str, Any], Any]:
+    """Build one model, time every (resolution, batch), then (``ref`` given) the final-latent
+    cosine; with ``--compile`` also the ``torch.compile``d model at ``--compile-configs``.
+    Returns (entry, final latents); failures are recorded in the entry, not raised."""
     import torch
 
+    td = importlib.import_module(f"{PKG}.kernels.triton_dequant")  # the copy the pack's ops registered
+    td.SCRATCH.clear()
+    entry: dict[str, Any] = {"steps": {}}
+    lat = None
+    try:
+        dm = build()
+        entry["resident_bytes"] = resident_bytes(dm)
+        for res, b in [(res, b) for res in args.resolutions for b in args.batches]:
+            entry["steps"][f"{res}x{b}"] = time_step(dm, b, res, device, args.warmup, args.reps)
+            log.info("%s %s %d^2 B%d: %.1f ms", label, name, res, b, entry["steps"][f"{res}x{b}"]["ms_median"])
+        lat = euler_latents(dm, args.euler_res, device, args.euler_steps)
+        entry["finite"] = bool(torch.isfinite(lat).all())
+        if ref is not None:
+            entry["cosine_vs_bf16"] = cosine(lat, ref)
+        entry["scratch_bytes"] = td.SCRATCH.nbytes()
+        if args.compile and name in args.compile_paths:
+            entry["compiled"] = _measure_compiled(dm, args, device, f"{label} {name}")
+    except Exception as e:  # noqa: BLE001 - report the failure in the table, keep benchmarking
+        log.exception("%s %s failed", label, name)
+        entry["error"] = f"{type(e).__name__}: {e}"
+    dm = None
+    gc.collect()
+    torch.cuda.empty_cache()
+    return entry, lat
+
+
+def _measure_compiled(dm: Any, args: argparse.Namespace, device: Any, label: str) -> dict[str, Any]:
+    """Per-step times of ``torch.compile(dm)`` (Inductor, ComfyUI's TorchCompileModel default);
+    the warm-up calls include the compilation, whose wall time is reported separately."""
+    import torch
+
+    torch._dynamo.reset()
+    cdm = torch.compile(dm)
+    out: dict[str, Any] = {"steps": {}}
+    for cfg in args.compile_configs:
+        res, b = (int(v) for v in cfg.split("x"))
+        t0 = time.perf_counter()
+        time_step(cdm, b, res, device, 1, 1)
+        out.setdefault("compile_s", {})[cfg] = round(time.perf_counter() - t0, 1)
+        out["steps"][cfg] = time_step(cdm, b, res, device, args.warmup, args.reps)
+        log.info("%s +compile %d^2 B%d: %.1f ms (compile %.0f s)", label, res, b, out["steps"][cfg]["ms_median"], out["compile_s"][cfg])
+    torch._dynamo.reset()
+    return out
+
+
+def run_variant(variant: str, args: argparse.Namespace, ops_mod: types.ModuleType, device: Any) -> dict[str, Any]:
+    from . import stock
+
     bits = {"binary": 1, "ternary": 2}[variant]
-    configs = [(res, b) for res in args.resolutions for b in args.batches]
     packed = synthetic_state_dict(bits, device)
     result: dict[str, Any] = {"variant": variant, "bits": bits, "models": {}}
 
-    # stock bf16 on the dequantized weights
-    dm = build_model(dense_state_dict(packed), None, device)
-    entry: dict[str, Any] = {"resident_bytes": resident_bytes(dm), "steps": {}}
-    for res, b in configs:
-        entry["steps"][f"{res}x{b}"] = time_step(dm, b, res, device, args.warmup, args.reps)
-        log.info("%s bf16 %d^2 B%d: %.1f ms", variant, res, b, entry["steps"][f"{res}x{b}"]["ms_median"])
-    ref = euler_latents(dm, args.euler_res, device, args.euler_steps)
+    # stock bf16 on the dequantized weights: the exact reference every cosine is taken against
+    dense = dense_state_dict(packed)
+    entry, ref = _measure("bf16", lambda: build_model(dense, None, device), args, device, None, variant)
     result["models"]["bf16"] = entry
-    del dm
-    gc.collect()
-    torch.cuda.empty_cache()
-
-    td = importlib.import_module(f"{PKG}.kernels.triton_dequant")  # the copy the pack's ops registered
+    if ref is None:
+        raise RuntimeError(f"the stock bf16 baseline failed: {entry.get('error')}")
+    for path in args.stock:  # what a Klein user picks today, from the same weights
+        entry, _ = _measure(path, lambda path=path: stock.build_stock(path, dense, packed, device), args, device, ref, variant)
+        result["models"][path] = entry
+    dense.clear()  # 7.7 GB of bf16 weights: free before the Bonsai models load
     for backend in args.backends:
         ops = ops_mod.make_bonsai_ops(backend, bits)
-        td.SCRATCH.clear()
-        dm = build_model(packed, ops, device)
-        entry = {"resident_bytes": resident_bytes(dm), "steps": {}}
-        try:
-            for res, b in configs:
-                entry["steps"][f"{res}x{b}"] = time_step(dm, b, res, device, args.warmup, args.reps)
-                log.info("%s %s %d^2 B%d: %.1f ms", variant, backend, res, b, entry["steps"][f"{res}x{b}"]["ms_median"])
-            lat = euler_latents(dm, args.euler_res, device, args.euler_steps)
-            entry["cosine_vs_bf16"] = cosine(lat, ref)
-            entry["finite"] = bool(torch.isfinite(lat).all())
-        except Exception as e:  # noqa: BLE001 - report the failure in the table, keep benchmarking
-            log.exception("%s %s failed", variant, backend)
-            entry["error"] = f"{type(e).__name__}: {e}"
-        entry["scratch_bytes"] = td.SCRATCH.nbytes()
+        entry, _ = _measure(backend, lambda ops=ops: build_model(packed, ops, device), args, device, ref, variant)
         result["models"][backend] = entry
-        del dm
-        gc.collect()
-        torch.cuda.empty_cache()
+    for name in list(result["models"]):  # compiled runs as their own rows
+        comp = result["models"][name].pop("compiled", None)
+        if comp is not None:
+            result["models"][f"{name}+compile"] = comp
     result["reference_latent_norm"] = float(ref.norm())
-    result["reference_finite"] = bool(torch.isfinite(ref).all())
     return result
 
 
@@ -370,21 +406,25 @@ def to_markdown(report: dict[str, Any]) -> str:
             + " | peak VRAM GB | resident GB | scratch MB | cosine |"
         )
         lines += [f"## {var['variant']}", "", head, "|" + "---|" * (head.count("|") - 1)]
-        base = models["bf16"]["steps"]
         for name, m in models.items():
             if "error" in m and not m["steps"]:
                 lines.append(f"| {name} | failed: {m['error']} |")
                 continue
+            # compiled rows are compared with compiled stock bf16
+            base = models.get("bf16+compile" if name.endswith("+compile") else "bf16", models["bf16"])["steps"]
             cells = []
             for c in cfgs:
                 s = m["steps"].get(c)
+                if s is not None and c not in base:
+                    cells.append(f"{s['ms_median']:.1f}")
+                    continue
                 cells.append("–" if s is None else f"{s['ms_median']:.1f} ({s['ms_median'] / base[c]['ms_median']:.2f}×)")
             peak = max((s["peak_vram_bytes"] for s in m["steps"].values()), default=0) / 1e9
             cos = m.get("cosine_vs_bf16")
             lines.append(
                 f"| {name} | "
                 + " | ".join(cells)
-                + f" | {peak:.2f} | {m['resident_bytes'] / 1e9:.3f} | {m.get('scratch_bytes', 0) / 1e6:.0f} | {'–' if cos is None else f'{cos:.6f}'} |"
+                + f" | {peak:.2f} | {m.get('resident_bytes', 0) / 1e9:.3f} | {m.get('scratch_bytes', 0) / 1e6:.0f} | {'–' if cos is None else f'{cos:.6f}'} |"
             )
         lines.append("")
     for cs in report.get("cold_start", []):
@@ -507,6 +547,7 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         md = to_markdown(report)
         (out / f"{args.name}.md").write_text(md, encoding="utf-8")
+        write_summary(out, args.name, report["env"], step_rows(report))
     sys.stdout.write(md + "\n")
     return 0
 
@@ -515,6 +556,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench-model", help="ComfyUI FLUX.2 Klein step: stock bf16 vs Bonsai ops per backend (GPU)")
     p.add_argument("--variants", nargs="+", default=["binary", "ternary"], choices=["binary", "ternary"])
     p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS))
+    p.add_argument("--stock", nargs="*", default=["stock-fp8-fast", "stock-fp8-scaled"], help="stock ComfyUI FP8 baselines to add")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (--compile-paths) at --compile-configs")
+    p.add_argument("--compile-paths", nargs="+", default=["bf16", "auto", "fp8_rowwise"])
+    p.add_argument("--compile-configs", nargs="+", default=["512x1", "1024x1"])
     p.add_argument("--resolutions", nargs="+", type=int, default=[512, 1024])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     p.add_argument("--warmup", type=int, default=2)
