@@ -233,7 +233,9 @@ def check_quantized_fqns(path: Path, qcfg: dict, cfg: KleinConfig) -> None:
     if fqns is None:
         return
     expected = set(diffusers_quantized_linears(cfg))
-    got = set(fqns) if isinstance(fqns, list) else set()
+    if not isinstance(fqns, list) or not all(isinstance(f, str) for f in fqns):
+        raise BonsaiFormatError(path, "quantized_fqns", "is not a list of module names")
+    got = set(fqns)
     if got != expected:
         odd = sorted(got ^ expected)
         raise BonsaiFormatError(path, odd[0] if odd else None, f"quantized_fqns differs from the released list ({len(odd)} differences)")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bonsai_core.errors import BonsaiFormatError
-from bonsai_core.formats.layout import load_transformer_config
+from bonsai_core.formats.layout import check_quantized_fqns, load_transformer_config, quant_json_bits, read_json
 from bonsai_core.klein import KLEIN_TINY, diffusers_dense_tensors, diffusers_quantized_linears
 from bonsai_core.safetensors_io import _ST_ITEMSIZE, SafetensorsReader, read_header
 from bonsai_core.te_formats import read_config
@@ -138,21 +138,25 @@ def fuzz_json_configs(folder: str) -> None:
         "num_key_value_heads": 1,
         "vocab_size": 256,
     }
+    q_cfg = {"bits": 2, "group_size": 128, "packing_bitwidth": 8, "quantized_fqns": sorted(diffusers_quantized_linears(KLEIN_TINY))}
     special = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "9" * 40, "[" * 5000, "{}", "[]", '"x"', "null", "\ufeff{}"])
 
-    @SETTINGS
+    bases = {"transformer": tf_cfg, "te": te_cfg, "quantization": q_cfg}
+
+    # configs are cheap to check and have many independent keys: more examples than the headers
+    @settings(SETTINGS, max_examples=4 * EXAMPLES)
     @given(
-        which=st.sampled_from(["transformer", "te"]),
-        changes=st.dictionaries(
-            st.sampled_from(sorted(set(tf_cfg) | set(te_cfg) | {"text_config"})), st.one_of(json_values, dims), max_size=4
-        ),
+        which=st.sampled_from(sorted(bases)),
+        data=st.data(),
         raw_value=st.one_of(st.none(), special),
         nest=st.booleans(),
     )
-    def prop(which: str, changes: dict[str, Any], raw_value: str | None, nest: bool) -> None:
-        cfg = dict(tf_cfg if which == "transformer" else te_cfg)
-        cfg.update(changes)
-        text = json.dumps({"text_config": cfg} if nest else cfg)
+    def prop(which: str, data: st.DataObject, raw_value: str | None, nest: bool) -> None:
+        # change a few of the keys this kind of file really has (plus text_config) to anything JSON can hold
+        keys = st.sampled_from(sorted(set(bases[which]) | {"text_config"}))
+        changes = data.draw(st.dictionaries(keys, st.one_of(json_values, dims, st.lists(json_values, max_size=3)), max_size=4))
+        cfg = {**bases[which], **changes}
+        text = json.dumps({"text_config": cfg} if nest and which == "te" else cfg)  # only a TE config may nest
         if raw_value is not None and changes:
             key = next(iter(changes))
             text = text.replace(json.dumps(key) + ": " + json.dumps(changes[key]), json.dumps(key) + ": " + raw_value, 1)
@@ -161,8 +165,13 @@ def fuzz_json_configs(folder: str) -> None:
         try:
             if which == "transformer":
                 load_transformer_config(path, logical)
-            else:
+            elif which == "te":
                 read_config(base)
+            else:
+                qcfg = read_json(path)
+                assert qcfg is not None
+                quant_json_bits(path, qcfg)
+                check_quantized_fqns(path, qcfg, KLEIN_TINY)
         except BonsaiFormatError as err:
             assert err.path == str(path), err
             assert "\n" not in str(err)
