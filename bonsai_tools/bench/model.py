@@ -30,9 +30,7 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -334,179 +332,11 @@ def chosen_backends(device: Any) -> dict[str, Any]:
     return {k: v for k, v in table.entries().items()}
 
 
-def cold_start(args: argparse.Namespace, variant: str, backend: str) -> dict[str, Any]:
-    """First 1024^2 image (build + ``--euler-steps`` steps) in fresh processes: empty caches, then
-    the caches the first one left (Bonsai dispatch table + Triton kernels)."""
-    out: dict[str, Any] = {"variant": variant, "backend": backend}
-    with tempfile.TemporaryDirectory(prefix="bonsai-cold-") as tmp:
-        env = {**os.environ, "BONSAI_CACHE_DIR": str(Path(tmp) / "bonsai"), "TRITON_CACHE_DIR": str(Path(tmp) / "triton")}
-        for label in ("empty_caches", "persisted_caches"):
-            cmd = [sys.executable, "-m", "bonsai_tools", "bench-model", "--first-image", variant, "--backends", backend]
-            if args.comfyui:
-                cmd += ["--comfyui", args.comfyui]
-            t0 = time.perf_counter()
-            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.cold_timeout)
-            wall = time.perf_counter() - t0
-            rec: dict[str, Any] = {"process_wall_s": round(wall, 2), "rc": r.returncode}
-            line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
-            if line:
-                rec.update(json.loads(line))
-            else:
-                rec["stderr_tail"] = r.stderr[-2000:]
-            out[label] = rec
-            log.info("cold start %s %s %s: %s", variant, backend, label, rec)
-    return out
-
-
-def first_image(args: argparse.Namespace) -> int:
-    """Child of :func:`cold_start`: prints one JSON line with the phases' seconds."""
-    import torch
-
-    t0 = time.perf_counter()
-    ops_mod = setup_comfy(args.comfyui)
-    device = torch.device("cuda")
-    t_import = time.perf_counter()
-    bits = {"binary": 1, "ternary": 2}[args.first_image]
-    packed = synthetic_state_dict(bits, device)
-    dm = build_model(packed, ops_mod.make_bonsai_ops(args.backends[0], bits), device)
-    torch.cuda.synchronize()
-    t_model = time.perf_counter()
-    lat = euler_latents(dm, 1024, device, args.euler_steps)
-    torch.cuda.synchronize()
-    t_img = time.perf_counter()
-    rec = {
-        "import_s": round(t_import - t0, 2),
-        "build_s": round(t_model - t_import, 2),
-        "first_image_s": round(t_img - t_model, 2),
-        "total_s": round(t_img - t0, 2),
-        "finite": bool(torch.isfinite(lat).all()),
-    }
-    sys.stdout.write(json.dumps(rec) + "\n")
-    return 0
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    env = report["env"]
-    lines = [
-        f"# Bonsai FLUX.2 Klein 4B transformer step vs stock bf16 ({env['gpu']})",
-        "",
-        f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env['triton']}, ComfyUI {env.get('comfyui')}, Python {env['python']}.",
-        "ComfyUI's own FLUX.2 model (`comfy.sd.load_diffusion_model_state_dict`), full-size synthetic weights; bf16 = the same",
-        f"weights dequantized to dense bf16. Per-step time = one `diffusion_model(x, t, context)` call, median of {report['args']['reps']}",
-        f"after {report['args']['warmup']} warm-up calls (CUDA events); 512 text tokens. Cosine = final latents after "
-        f"{report['args']['euler_steps']} Euler steps at {report['args']['euler_res']}^2 vs bf16.",
-        "",
-    ]
-    for var in report["variants"]:
-        models = var["models"]
-        cfgs = list(models["bf16"]["steps"])
-        head = (
-            "| path | "
-            + " | ".join(f"{c.replace('x', '² B')} ms (× bf16)" for c in cfgs)
-            + " | peak VRAM GB | resident GB | scratch MB | cosine |"
-        )
-        lines += [f"## {var['variant']}", "", head, "|" + "---|" * (head.count("|") - 1)]
-        for name, m in models.items():
-            if "error" in m and not m["steps"]:
-                lines.append(f"| {name} | failed: {m['error']} |")
-                continue
-            # compiled rows are compared with compiled stock bf16
-            base = models.get("bf16+compile" if name.endswith("+compile") else "bf16", models["bf16"])["steps"]
-            cells = []
-            for c in cfgs:
-                s = m["steps"].get(c)
-                if s is not None and c not in base:
-                    cells.append(f"{s['ms_median']:.1f}")
-                    continue
-                cells.append("–" if s is None else f"{s['ms_median']:.1f} ({s['ms_median'] / base[c]['ms_median']:.2f}×)")
-            peak = max((s["peak_vram_bytes"] for s in m["steps"].values()), default=0) / 1e9
-            cos = m.get("cosine_vs_bf16")
-            lines.append(
-                f"| {name} | "
-                + " | ".join(cells)
-                + f" | {peak:.2f} | {m.get('resident_bytes', 0) / 1e9:.3f} | {m.get('scratch_bytes', 0) / 1e6:.0f} | {'–' if cos is None else f'{cos:.6f}'} |"
-            )
-        lines.append("")
-    for cs in report.get("cold_start", []):
-        lines.append(f"Cold start ({cs['variant']}, backend {cs['backend']}), fresh process, first 1024² image:")
-        for label in ("empty_caches", "persisted_caches"):
-            r = cs.get(label, {})
-            lines.append(
-                f"- {label.replace('_', ' ')}: {r.get('process_wall_s')} s wall (import {r.get('import_s')} s, build {r.get('build_s')} s, "
-                f"{report['args']['euler_steps']} steps {r.get('first_image_s')} s)"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """Per-layer times of the fast paths vs bf16 ``F.linear`` for the linears ComfyUI runs
-    (BFL fused shapes), summed per step with each shape's count. Uses the top-level core."""
-    import torch
-
-    from bonsai_core.dispatch.tune import klein_linear_shapes, time_candidate
-    from bonsai_core.klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
-    from bonsai_core.packing import PackedWeight, dequantize
-    from bonsai_core.packing import pack_codes as core_pack
-    from kernels import fp8_blockwise as fp
-    from kernels import triton_dequant as td
-
-    device = torch.device("cuda")
-    fused = diffusers_quantized_linears(KLEIN_4B)
-    counts: dict[tuple[int, int], int] = {}
-    for parts in bfl_quantized_layers(KLEIN_4B).values():
-        shape = (fused[parts[0]][1], sum(fused[p][0] for p in parts))
-        counts[shape] = counts.get(shape, 0) + 1
-    variants = fp.FP8BlockwiseBackend().variants(device)
-    rows = []
-    for k, n in klein_linear_shapes(KLEIN_4B, "bfl"):
-        for bits in args.sweep_bits:
-            codes = core_pack(torch.randint(0, 2 if bits == 1 else 3, (n, k), dtype=torch.uint8, device=device), bits)
-            sc = (torch.rand(n, k // 128, device=device) * 0.02 + 1e-4).half()
-            pw = PackedWeight(codes, sc, bits)
-            w = dequantize(codes, sc, bits, torch.bfloat16)
-            for m in args.sweep_m:
-                x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-                row: dict[str, Any] = {"k": k, "n": n, "bits": bits, "m": m, "count": counts.get((k, n), 0), "ms": {}}
-                cands: dict[str, Any] = {
-                    "bf16": lambda x=x, w=w: torch.nn.functional.linear(x, w),
-                    "dequant_only": lambda pw=pw: td.unpack_into(pw, td.SCRATCH.get(device, torch.bfloat16, (pw.out_features, pw.in_features))),
-                    "triton_dequant": lambda x=x, pw=pw: td.TritonDequantBackend().matmul(x, pw, {}),
-                    "act_quant_only": lambda x=x, pw=pw: fp.quantize_activations(x, pw.group_size),
-                }
-                for v in variants:
-                    cands[f"fp8/{v}"] = lambda v=v, x=x, pw=pw: fp.run_variant(v, x, pw)
-                for name, fn in cands.items():
-                    try:
-                        row["ms"][name] = time_candidate(fn, device, warmup=2, reps=10)
-                    except Exception as e:  # noqa: BLE001 - a variant that fails to compile is reported, not fatal
-                        row["ms"][name] = None
-                        row.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:300]}"
-                y = fp.run_variant(variants[0], x, pw).float()
-                ref = torch.nn.functional.linear(x, w).float()
-                row["fp8_rel_err"] = float((y - ref).norm() / ref.norm())
-                rows.append(row)
-                best = min(
-                    (v for v in row["ms"] if v.startswith("fp8/") and row["ms"][v] is not None), key=lambda v: row["ms"][v], default=None
-                )
-                log.info(
-                    "K%d N%d b%d M%d: bf16 %.3f, triton_dequant %.3f, best fp8 %s %.3f ms",
-                    k, n, bits, m, row["ms"]["bf16"], row["ms"]["triton_dequant"] or -1, best, row["ms"].get(best) or -1,
-                )  # fmt: skip
-            del codes, sc, w, pw
-    totals: dict[str, dict[str, float]] = {}
-    for row in rows:
-        t = totals.setdefault(f"b{row['bits']}-M{row['m']}", {})
-        for name, ms in row["ms"].items():
-            if ms is not None:
-                t[name] = t.get(name, 0.0) + ms * row["count"]
-        fp8 = [ms for name, ms in row["ms"].items() if name.startswith("fp8/") and ms is not None]
-        if fp8:
-            t["fp8_best_per_shape"] = t.get("fp8_best_per_shape", 0.0) + min(fp8) * row["count"]
-    return {"rows": rows, "per_step_totals_ms": totals}
-
-
 def cmd_bench_model(args: argparse.Namespace) -> int:
+    from .model_cold import cold_start, first_image
+    from .model_report import to_markdown
+    from .model_sweep import linear_sweep
+
     if args.first_image:
         return first_image(args)
     if args.linear_sweep:
