@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped: a name from a hostile file cannot break the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class BonsaiFormatError(ValueError):
-    """A checkpoint that cannot be read as a Bonsai model: corrupt, truncated, wrong variant, wrong shapes."""
+    """A checkpoint that cannot be read as a Bonsai model: corrupt, truncated, wrong variant, wrong shapes.
+
+    ``path``, ``tensor`` and ``reason`` keep the raw values; the message is always one line."""
 
     def __init__(self, path: object, tensor: str | None, message: str) -> None:
         self.path = str(path)
         self.tensor = tensor
         self.reason = message
-        where = f"{self.path}" + (f", tensor '{tensor}'" if tensor else "")
-        super().__init__(f"{where}: {message}")
+        where = _one_line(self.path) + (f", tensor '{_one_line(tensor)}'" if tensor else "")
+        super().__init__(f"{where}: {_one_line(message)}")

@@ -68,6 +68,7 @@ HEADER_CASES: dict[str, tuple[Any, bytes, int | None, str | None]] = {
     "metadata_not_object": ({"__metadata__": [1], "a": entry()}, b"\0" * 8, None, "__metadata__"),
     "metadata_int_value": ({"__metadata__": {"k": 1}, "a": entry()}, b"\0" * 8, None, "__metadata__"),
     "empty_name": ({"": entry()}, b"\0" * 8, None, None),
+    "newline_in_name": ({"a\nb\rc\x1b[2J": entry(shape=[3])}, b"\0" * 8, None, "a\nb\rc\x1b[2J"),
     "too_many_tensors": ({f"t{i}": entry(shape=[0], offsets=[0, 0]) for i in range(20_000)}, b"", None, None),
 }
 

@@ -35,6 +35,7 @@ def test_crafted_header_is_one_clear_error(case: str, tmp_path: Path) -> None:
         err = ei.value
         assert err.path == str(path), str(err)
         assert str(err).startswith(str(path)), str(err)
+        assert "\n" not in str(err) and "\r" not in str(err) and "\x1b" not in str(err), repr(str(err))  # one line, whatever the names
         if tensor is not None:
             assert err.tensor == tensor, f"{case}: {err}"
         assert err.__cause__ is None or isinstance(err.__cause__, (ValueError, RecursionError, UnicodeDecodeError)), repr(err.__cause__)
