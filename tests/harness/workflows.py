@@ -1,7 +1,7 @@
 """Tiny models under the exact names the shipped workflows use, and helpers to run those workflows.
 
 The workflows reference what the downloader produces (snapshots in ``models/bonsai/<repo>/``, a
-canonical transformer in ``models/diffusion_models/``); here the same names hold tiny synthetic
+canonical transformer in ``models/bonsai/``); here the same names hold tiny synthetic
 fixtures (KLEIN_TINY transformer, tiny Qwen3 TE, reduced-decoder FLUX.2 VAE) so every workflow runs
 on CPU in seconds.
 """
@@ -73,8 +73,9 @@ def install_fixtures(models_dir: Path, input_dir: Path, comfy_root: Path) -> Non
         m = re.fullmatch(r"bonsai-image-(binary|ternary)-4B\.safetensors", name)
         if m is None:
             raise AssertionError(f"a workflow references {name!r}, not a name the downloader produces")
-        if not (models_dir / "diffusion_models" / name).is_file():
-            make_fixture(m.group(1), "tiny", "canonical", 2, models_dir / "diffusion_models" / name)
+        # where the downloader's --to-canonical writes it (the stock Load Diffusion Model does not list models/bonsai)
+        if not (models_dir / "bonsai" / name).is_file():
+            make_fixture(m.group(1), "tiny", "canonical", 2, models_dir / "bonsai" / name)
     for i, name in enumerate(sorted(wanted.get("lora_name", set()))):  # LoRA workflows: tiny synthetic LoRAs
         if not (models_dir / "loras" / name).is_file():
             from bonsai_tools.synth import make_lora_fixture
