@@ -41,24 +41,37 @@ def codes_to_hqq_packed(codes: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def _meta_str(v: Any) -> Any:
-    # HQQ's encoded state dicts store strings as uint8 code points
-    if isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 1:
+    # HQQ's encoded state dicts store strings as uint8 code points (short ones: "4bit_u8")
+    if isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 1 and v.numel() <= 64:
         return "".join(chr(int(c)) for c in v)
     return v
 
 
 def _meta_int(v: Any) -> Any:
-    return int(v.item()) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+    # integer metadata may be stored as a one-element tensor; anything else is returned as is and refused by the caller
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point() and not v.is_complex():
+        return int(v.item())
+    return v
+
+
+def _flag(entry: dict[str, Any], key: str, file: Path, name: str) -> bool:
+    """A yes/no HQQ setting: absent, False/0 or True/1 (plain or a one-element tensor)."""
+    v = _meta_int(entry.get(key))
+    if v is None or v is False or (type(v) is int and v == 0):
+        return False
+    if v is True or (type(v) is int and v == 1):
+        return True
+    raise BonsaiFormatError(file, name, f"HQQ setting {key!r} is {str(v)[:40]}, expected true or false")
 
 
 def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
     packing = _meta_str(entry.get("packing"))
     nbits, axis, gs = (_meta_int(entry.get(k)) for k in ("nbits", "axis", "group_size"))
-    if packing != "4bit_u8" or nbits != 4:
-        raise BonsaiFormatError(file, name, f"HQQ packing {packing!r} / nbits {nbits!r} is not 4bit_u8 / 4")
-    if axis != 1:
-        raise BonsaiFormatError(file, name, f"HQQ axis={axis}; only axis=1 (groups along in_features) is supported")
-    if _meta_int(entry.get("quant_scale")) or _meta_int(entry.get("quant_zero")):
+    if not isinstance(packing, str) or packing != "4bit_u8" or type(nbits) is not int or nbits != 4:
+        raise BonsaiFormatError(file, name, f"HQQ packing {str(packing)[:40]!r} / nbits {str(nbits)[:20]} is not 4bit_u8 / 4")
+    if type(axis) is not int or axis != 1:
+        raise BonsaiFormatError(file, name, f"HQQ axis={str(axis)[:20]}; only axis=1 (groups along in_features) is supported")
+    if _flag(entry, "quant_scale", file, name) or _flag(entry, "quant_zero", file, name):
         raise BonsaiFormatError(file, name, "quantized HQQ scales/zeros are not supported")
     shape = entry.get("shape")
     if isinstance(shape, torch.Tensor) and shape.numel() == 2 and not shape.is_floating_point():
@@ -72,12 +85,18 @@ def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
     if not isinstance(w_q, torch.Tensor):
         raise BonsaiFormatError(file, name, "HQQ entry has no W_q tensor")
     w_q = w_q.detach()
-    if _meta_int(entry.get("view_as_float")):
-        w_q = w_q.view(torch.uint8)
+    if _flag(entry, "view_as_float", file, name):
+        try:
+            w_q = w_q.view(torch.uint8)
+        except RuntimeError as e:
+            raise BonsaiFormatError(file, name, f"W_q stored as float cannot be viewed as bytes: {e}") from None
     if w_q.dtype != torch.uint8 or tuple(w_q.shape) != (n * k // gs // 2, gs):
         raise BonsaiFormatError(file, name, f"W_q is {w_q.dtype} {list(w_q.shape)}, expected uint8 {[n * k // gs // 2, gs]}")
     if "zero_scale" in entry:  # offload_meta stores them stacked
-        zero, scale = entry["zero_scale"][0], entry["zero_scale"][1]
+        zs = entry["zero_scale"]
+        if not isinstance(zs, (torch.Tensor, list, tuple)) or len(zs) != 2:
+            raise BonsaiFormatError(file, name, "HQQ zero_scale must hold exactly [zero, scale]")
+        zero, scale = zs[0], zs[1]
     else:
         scale, zero = entry.get("scale"), entry.get("zero")
     groups = n * k // gs
