@@ -117,8 +117,10 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
         if "bias" in parts:
             raise BonsaiFormatError(sd_path, f"{mod}.bias", "Bonsai linears have no bias")
         shape = parts["orig_shape"]
-        if shape.numel() != 2:
-            raise BonsaiFormatError(sd_path, f"{mod}.orig_shape", f"expected [out, in], found {shape.tolist()}")
+        if shape.numel() != 2 or shape.is_floating_point() or shape.is_complex() or shape.dtype == torch.bool or bool((shape <= 0).any()):
+            raise BonsaiFormatError(
+                sd_path, f"{mod}.orig_shape", f"expected two positive integers [out, in], found {shape.dtype} {str(shape.tolist())[:80]}"
+            )
         logical[f"{mod}.weight"] = tuple(int(x) for x in shape.tolist())
     for k, v in dense.items():
         if not v.is_floating_point():

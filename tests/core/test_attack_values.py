@@ -116,3 +116,15 @@ def test_check_dense_values_finds_every_non_finite(dtype: torch.dtype, bad: floa
     with pytest.raises(BonsaiFormatError, match="weights must be finite"):
         check_dense_values(t, "f.safetensors", "w")
     assert all_finite(torch.empty(0, dtype=dtype))
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([float("nan"), 256.0]), torch.tensor([0, 256], dtype=torch.int32), torch.tensor([256])])
+def test_gemlite_bad_orig_shape(tiny: dict, tmp_path: Path, bad: torch.Tensor) -> None:
+    snap = _copy(tiny[("ternary", "gemlite")], tmp_path / "snap")
+    sd_path = snap / "transformer-gemlite-int2" / "state_dict.pt"
+    sd = {k: v.clone() for k, v in load_state_dict(sd_path).items()}
+    sd["transformer_blocks.0.attn.to_q.orig_shape"] = bad
+    torch.save(sd, sd_path)
+    with pytest.raises(BonsaiFormatError, match="two positive integers") as ei:
+        open_checkpoint(snap)
+    assert ei.value.tensor == "transformer_blocks.0.attn.to_q.orig_shape"
