@@ -285,15 +285,17 @@ def _measure_compiled(dm: Any, args: argparse.Namespace, device: Any, label: str
     import torch
 
     torch._dynamo.reset()
-    cdm = torch.compile(dm)
-    out: dict[str, Any] = {"steps": {}}
+    # "inductor" is TorchCompileModel's default; "cudagraphs" its other choice (graph replay, no codegen)
+    cdm = torch.compile(dm, backend=args.compile_backend)
+    out: dict[str, Any] = {"steps": {}, "backend": args.compile_backend}
     for cfg in args.compile_configs:
         res, b = (int(v) for v in cfg.split("x"))
         t0 = time.perf_counter()
         time_step(cdm, b, res, device, 1, 1)
         out.setdefault("compile_s", {})[cfg] = round(time.perf_counter() - t0, 1)
         out["steps"][cfg] = time_step(cdm, b, res, device, args.warmup, args.reps)
-        log.info("%s +compile %d^2 B%d: %.1f ms (compile %.0f s)", label, res, b, out["steps"][cfg]["ms_median"], out["compile_s"][cfg])
+        ms = out["steps"][cfg]["ms_median"]
+        log.info("%s +%s %d^2 B%d: %.1f ms (compile %.0f s)", label, args.compile_backend, res, b, ms, out["compile_s"][cfg])
     torch._dynamo.reset()
     return out
 
@@ -319,10 +321,11 @@ def run_variant(variant: str, args: argparse.Namespace, ops_mod: types.ModuleTyp
         ops = ops_mod.make_bonsai_ops(backend, bits)
         entry, _ = _measure(backend, lambda ops=ops: build_model(packed, ops, device), args, device, ref, variant)
         result["models"][backend] = entry
+    suffix = "compile" if args.compile_backend == "inductor" else args.compile_backend
     for name in list(result["models"]):  # compiled runs as their own rows
         comp = result["models"][name].pop("compiled", None)
         if comp is not None:
-            result["models"][f"{name}+compile"] = comp
+            result["models"][f"{name}+{suffix}"] = comp
     result["reference_latent_norm"] = float(ref.norm())
     return result
 
@@ -390,6 +393,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (--compile-paths) at --compile-configs")
     p.add_argument("--compile-paths", nargs="+", default=["bf16", "auto", "fp8_rowwise"])
     p.add_argument("--compile-configs", nargs="+", default=["512x1", "1024x1"])
+    p.add_argument("--compile-backend", default="inductor", choices=["inductor", "cudagraphs"], help="torch.compile backend (TorchCompileModel's choices)")
     p.add_argument("--resolutions", nargs="+", type=int, default=[512, 1024])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 4])
     p.add_argument("--warmup", type=int, default=2)

@@ -31,7 +31,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {name} | failed: {m['error']} |")
                 continue
             # compiled rows are compared with compiled stock bf16
-            base = models.get("bf16+compile" if name.endswith("+compile") else "bf16", models["bf16"])["steps"]
+            base = models.get("bf16+" + name.partition("+")[2] if "+" in name else "bf16", models["bf16"])["steps"]
             cells = []
             for c in cfgs:
                 s = m["steps"].get(c)

@@ -77,7 +77,7 @@ def cmd_bench_prompt(args: argparse.Namespace) -> int:
             if reserve is not None:
                 cmd += ["--reserve-vram", str(reserve)]
             if args.compile:
-                cmd += ["--compile"]
+                cmd += ["--compile", "--compile-backend", args.compile_backend]
             t1 = time.perf_counter()
             r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
             line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
@@ -183,6 +183,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warm", type=int, default=3)
     p.add_argument("--reserve-vram", nargs="*", type=float, default=None, help="GB kept free (simulates a smaller card); one run per value")
     p.add_argument("--compile", action="store_true", help="put ComfyUI's TorchCompileModel node after the model loader")
+    p.add_argument("--compile-backend", default="inductor", choices=["inductor", "cudagraphs"], help="TorchCompileModel's backend input")
     p.add_argument("--work", default=".bench-prompt", help="folder for the synthetic model files (kept between runs)")
     p.add_argument("--comfyui", default=None)
     p.add_argument("--out", default="docs/benchmarks")

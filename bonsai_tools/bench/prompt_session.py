@@ -101,7 +101,8 @@ def _option(nodes: Any, node: str, field: str, want: str) -> str:
     return sorted(hits, key=len)[0]
 
 
-def build_prompt(nodes: Any, path: str, variant: str, res: int, seed: int, prefix: str, compile_model: bool) -> dict[str, Any]:
+def build_prompt(nodes: Any, path: str, variant: str, res: int, seed: int, prefix: str, compile_model: str | None) -> dict[str, Any]:
+    """The Klein text-to-image graph for ``path``; ``compile_model``: a TorchCompileModel backend, or None."""
     loader, inputs, te = PATHS[path]
     inputs = {k: (v.format(variant=variant) if isinstance(v, str) else v) for k, v in inputs.items()}
     p: dict[str, Any] = {"1": {"class_type": loader, "inputs": inputs}}
@@ -112,7 +113,7 @@ def build_prompt(nodes: Any, path: str, variant: str, res: int, seed: int, prefi
     p["3"] = {"class_type": "BonsaiVAELoader", "inputs": {"vae_folder": _option(nodes, "BonsaiVAELoader", "vae_folder", variant)}}
     model = ["1", 0]
     if compile_model:
-        p["5"] = {"class_type": "TorchCompileModel", "inputs": {"model": model, "backend": "inductor"}}
+        p["5"] = {"class_type": "TorchCompileModel", "inputs": {"model": model, "backend": compile_model}}
         model = ["5", 0]
     p.update(
         {
@@ -191,7 +192,7 @@ def run_child(args: argparse.Namespace) -> int:
             torch.cuda.reset_peak_memory_stats()
             for i in range(1 + args.warm):
                 prefix = f"{tag}/{res}-{i}"
-                times.append(_run(execution, executor, build_prompt(nodes, path, args.variant, res, 100 + i, prefix, args.compile)))
+                times.append(_run(execution, executor, build_prompt(nodes, path, args.variant, res, 100 + i, prefix, args.compile_backend if args.compile else None)))
                 log.info("%s %d^2 prompt %d: %.3f s", path, res, i, times[-1])
             free, total = torch.cuda.mem_get_info()
             rec["prompts"][str(res)] = {

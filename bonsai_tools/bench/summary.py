@@ -3,7 +3,7 @@
 
 Path names: ``stock-bf16``, ``stock-fp8-fast``, ``stock-fp8-scaled`` for ComfyUI's own models and
 ``bonsai-<backend>`` for ours (``bonsai-auto``, ``bonsai-fp8``, ``bonsai-fp8-rowwise``, ...); a
-``-compile`` suffix marks a ``torch.compile``d model. Ratios are to stock bf16 of the same run,
+``-compile`` (Inductor) or ``-cudagraphs`` suffix marks a ``torch.compile``d model. Ratios are to stock bf16 of the same run,
 variant, resolution, batch and compile setting.
 """
 
@@ -18,15 +18,14 @@ STOCK = ("bf16", "stock-fp8-fast", "stock-fp8-scaled")
 
 def path_name(model: str) -> str:
     """Report model key -> summary path name."""
-    compiled = model.endswith("+compile")
-    base = model[: -len("+compile")] if compiled else model
+    base, _, compiled = model.partition("+")  # "<model>+compile" / "<model>+cudagraphs"
     if base == "bf16":
         name = "stock-bf16"
     elif base.startswith("stock-"):
         name = base
     else:
         name = "bonsai-" + base.replace("_", "-")
-    return name + ("-compile" if compiled else "")
+    return name + (f"-{compiled}" if compiled else "")
 
 
 def step_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -35,7 +34,8 @@ def step_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     for var in report.get("variants", []):
         models = var["models"]
         for model, entry in models.items():
-            base_key = "bf16+compile" if model.endswith("+compile") else "bf16"
+            _, plus, how = model.partition("+")
+            base_key = f"bf16+{how}" if plus else "bf16"
             base = models.get(base_key, {}).get("steps", {})
             for cfg, s in entry.get("steps", {}).items():
                 res, batch = (int(v) for v in cfg.split("x"))
