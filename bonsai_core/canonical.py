@@ -10,7 +10,7 @@ import torch
 from .bounded import loads_strict
 from .checkpoint import CANONICAL_MARKER, FORMAT_VERSION, BonsaiCheckpoint, BonsaiMeta
 from .errors import BonsaiFormatError
-from .klein import GROUP_SIZE, GeometryError, KleinConfig, bfl_dense_tensors, bfl_quantized_layers
+from .klein import GROUP_SIZE, GeometryError, KleinConfig, bfl_expected_shapes
 from .packing import PackedWeight, check_dense_values, check_values
 from .safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, read_header, write_safetensors
 
@@ -123,8 +123,7 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
     meta = _meta(path, r.metadata)
     cfg, bits = meta.config, meta.bits
     packed_shapes: dict[str, tuple[int, int]] = {}
-    expected_q = bfl_quantized_layers(cfg)
-    expected_d = bfl_dense_tensors(cfg)
+    expected_q, expected_d = bfl_expected_shapes(cfg)
     for key in expected_q:
         sk = scale_key(key)
         for k in (key, sk):
@@ -141,6 +140,10 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
             raise BonsaiFormatError(
                 path, key, f"codes {[n, kb]} at {bits} bit do not match scales {[ns, g]} (mixed group size or wrong variant?)"
             )
+        if (n, k_in) != expected_q[key]:
+            raise BonsaiFormatError(
+                path, key, f"logical shape {[n, k_in]} does not match the metadata's geometry ({list(expected_q[key])})"
+            )
         packed_shapes[key] = (n, k_in)
     dense_shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     for key in expected_d:
@@ -149,6 +152,10 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
         dtype = _ST_TO_DTYPE.get(r.dtype_name(key))
         if dtype is None or not dtype.is_floating_point:
             raise BonsaiFormatError(path, key, f"dense tensor has dtype {r.dtype_name(key)}; expected a float type")
+        if r.shape(key) != expected_d[key]:
+            raise BonsaiFormatError(
+                path, key, f"shape {list(r.shape(key))} does not match the metadata's geometry ({list(expected_d[key])})"
+            )
         dense_shapes[key] = (dtype, r.shape(key))
     known = set(expected_d) | set(expected_q) | {scale_key(k) for k in expected_q}
     unknown = [k for k in r.keys() if k not in known]

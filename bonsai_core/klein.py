@@ -252,6 +252,14 @@ def bfl_dense_tensors(cfg: KleinConfig) -> dict[str, str]:
     return out
 
 
+def bfl_expected_shapes(cfg: KleinConfig) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]]:
+    """(quantized BFL key -> (out, in), dense BFL key -> shape) for ``cfg``."""
+    d = diffusers_quantized_linears(cfg)
+    q = {bk: (sum(d[m][0] for m in mods), d[mods[0]][1]) for bk, mods in bfl_quantized_layers(cfg).items()}
+    dd = diffusers_dense_tensors(cfg)
+    return q, {bk: dd[dk] for bk, dk in bfl_dense_tensors(cfg).items()}
+
+
 def swap_halves(t: Any) -> Any:
     """diffusers ``norm_out.linear`` is (scale, shift); BFL ``adaLN_modulation.1`` is (shift, scale)."""
     import torch

@@ -27,9 +27,9 @@ from ..atomic import atomic_path
 from ..bounded import open_regular
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
-from ..klein import GROUP_SIZE, GeometryError, infer_config_from_bfl_shapes
+from ..klein import GROUP_SIZE, GeometryError, bfl_expected_shapes, infer_config_from_bfl_shapes
 from ..packing import PackedWeight, check_dense_values, check_values, compact_scales
-from .layout import bfl_expected_shapes, check_expected_variant, variant_for
+from .layout import check_expected_variant, variant_for
 
 Q = gguf.GGMLQuantizationType
 Q1_BLOCK_BYTES = 2 + GROUP_SIZE // 8  # fp16 d + 128 sign bits

@@ -22,6 +22,7 @@ from ..klein import (
     GeometryError,
     KleinConfig,
     bfl_dense_tensors,
+    bfl_expected_shapes,  # noqa: F401  (re-exported: older callers import it from here)
     bfl_quantized_layers,
     diffusers_dense_tensors,
     diffusers_quantized_linears,
@@ -284,14 +285,6 @@ class LazyScaleDtypes(Mapping[str, torch.dtype]):
 def first_mismatch(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
     """Index of the first element where ``a != b`` (both same shape)."""
     return tuple((a != b).nonzero()[0].tolist())
-
-
-def bfl_expected_shapes(cfg: KleinConfig) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]]:
-    """(quantized BFL key -> (out, in), dense BFL key -> shape) for ``cfg``."""
-    d = diffusers_quantized_linears(cfg)
-    q = {bk: (sum(d[m][0] for m in mods), d[mods[0]][1]) for bk, mods in bfl_quantized_layers(cfg).items()}
-    dd = diffusers_dense_tensors(cfg)
-    return q, {bk: dd[dk] for bk, dk in bfl_dense_tensors(cfg).items()}
 
 
 def packed_from_affine(

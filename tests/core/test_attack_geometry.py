@@ -165,8 +165,7 @@ def test_klein_config_refuses_bad_mlp_ratio(ratio: float) -> None:
     ],
 )
 def test_block_index_from_a_name_is_bounded(infer, key: str) -> None:  # noqa: ANN001
-    from bonsai_core.formats.layout import bfl_expected_shapes
-    from bonsai_core.klein import KLEIN_TINY, diffusers_dense_tensors
+    from bonsai_core.klein import KLEIN_TINY, bfl_expected_shapes, diffusers_dense_tensors
 
     if infer is infer_config_from_bfl_shapes:
         q, d = bfl_expected_shapes(KLEIN_TINY)

@@ -128,3 +128,19 @@ def test_gemlite_bad_orig_shape(tiny: dict, tmp_path: Path, bad: torch.Tensor) -
     with pytest.raises(BonsaiFormatError, match="two positive integers") as ei:
         open_checkpoint(snap)
     assert ei.value.tensor == "transformer_blocks.0.attn.to_q.orig_shape"
+
+
+@pytest.mark.parametrize(("key", "shape"), [("img_in.weight", [256, 64]), ("double_blocks.0.img_attn.norm.query_norm.scale", [64])])
+def test_canonical_dense_shape_must_match_the_metadata_geometry(tiny: dict, tmp_path: Path, key: str, shape: list[int]) -> None:
+    """A dense tensor of another size than the metadata's geometry is refused from the header."""
+    from crafted import rewrite_header
+
+    def shrink(h: dict) -> None:
+        start = h[key]["data_offsets"][0]
+        h[key]["shape"] = shape
+        h[key]["data_offsets"] = [start, start + 2 * int(torch.tensor(shape).prod())]
+
+    path = rewrite_header(_copy(tiny[("binary", "canonical")], tmp_path / "c.safetensors"), shrink)
+    with pytest.raises(BonsaiFormatError, match="does not match the metadata's geometry") as ei:
+        open_checkpoint(path)
+    assert ei.value.tensor == key
