@@ -147,6 +147,13 @@ def is_exact(name: str) -> bool:
     return bool(getattr(get_backend(name), "exact", True))
 
 
+def is_resident(name: str) -> bool:
+    """Whether backend ``name`` keeps a per-layer copy of the weight in another format (about one
+    byte per weight: several GB for Klein 4B). Such backends break the pack's memory promise, so
+    they run only when asked for by name, never by ``auto``/``auto-fp8`` or a measured table."""
+    return bool(getattr(get_backend(name), "resident", False))
+
+
 def warn_once(name: str, reason: str, instead: str) -> None:
     if (name, reason) in _warned:
         return

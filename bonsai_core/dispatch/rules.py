@@ -15,9 +15,11 @@ Order of decision for ``select_backend(..., requested)``:
      the dense weight once at memory speed and leaves the GEMM to cuBLAS), and beat ``gemlite``
      at every token count including 1 (gemlite's GEMV took 0.35-0.65 ms per Klein layer, the
      dequant pass plus cuBLAS 0.1-0.2 ms), so gemlite is only used when asked for or measured;
-   * ``auto-fp8`` on CUDA with FP8 tensor cores and more than 2048 tokens (a 1024^2 image) ->
-     ``fp8``: compute-bound, e4m3 tensor cores beat the exact path there (1.2-2.1x per layer in the H100
-     table); at a 512^2 image the extra activation pass and launches cost more than they save;
+   * ``auto-fp8`` on CUDA with FP8 tensor cores -> ``fp8_rowwise`` (codes unpacked to e4m3 with one
+     scale per row into the shared scratch, one scale per token, cuBLASLt rowwise FP8 GEMM). On an
+     H200 it was the fastest Bonsai path at every measured size (docs/benchmarks/h200.md: 0.83x /
+     0.78x of stock bf16 per step at 1024^2 B1 / B4, 1.20x at 512^2 B1 where the exact path is
+     1.60x), so no token threshold applies;
    * Apple MPS -> ``mlx``; anything else -> ``torch``.
 
 Nothing here measures: a new resolution costs one table look-up, never a benchmark. A requested
@@ -38,7 +40,7 @@ from typing import Any
 import torch
 
 from .cache import dispatch_rules_path, read_json
-from .registry import FALLBACK, backend_names, is_exact, unavailable_reason, warn_once
+from .registry import FALLBACK, backend_names, is_exact, is_resident, unavailable_reason, warn_once
 from .table import entry_key, get_table
 
 log = logging.getLogger("bonsai_core.dispatch")
@@ -46,10 +48,9 @@ log = logging.getLogger("bonsai_core.dispatch")
 ENV_BACKEND = "BONSAI_BACKEND"
 AUTO = "auto"
 AUTO_FP8 = "auto-fp8"  # like "auto", but may also pick the (not bit-exact) fp8 backend
-FP8_FROM_M = 2049  # above a 512^2 image's tokens (1024 + text); a 1024^2 image is ~4608
 # Exact paths in order of preference for the measured table's candidates (ties go first).
 PREFERENCE = ("triton_dequant", "gemlite", "torch")
-FP8_BACKEND = "fp8"
+FP8_BACKEND = "fp8_rowwise"
 
 _rules: dict[str, list[dict[str, Any]]] = {}
 _choices: dict[tuple[Any, ...], str] = {}
@@ -99,12 +100,15 @@ def _usable(name: str, device: torch.device, dtype: torch.dtype, bits: int) -> b
 
 
 def table_candidates(device: torch.device, dtype: torch.dtype, bits: int, allow_fp8: bool) -> list[str]:
-    """The backends the measured table chooses among here, in static preference order."""
+    """The backends the measured table chooses among here, in static preference order.
+
+    Resident backends (a second, unpacked copy of every weight) are never candidates: they are
+    used only when named explicitly, so ``auto`` keeps the packed model's memory footprint."""
     names = [b for b in PREFERENCE if b in backend_names()]
     names += [b for b in backend_names() if b not in names]
     out = []
     for b in names:
-        if not _usable(b, device, dtype, bits):
+        if not _usable(b, device, dtype, bits) or is_resident(b):
             continue
         if allow_fp8 or is_exact(b):  # auto-fp8 may also pick any inexact (FP8-activation) backend
             out.append(b)
@@ -123,7 +127,7 @@ def _measured_choice(
         if hit is not None and hit["winner"] in table_candidates(device, dtype, bits, allow_fp8):
             return str(hit["winner"])
     for rule in _file_rules(device):
-        if _rule_matches(rule, dtype, bits, m, k, n) and _usable(rule["backend"], device, dtype, bits):
+        if _rule_matches(rule, dtype, bits, m, k, n) and _usable(rule["backend"], device, dtype, bits) and not is_resident(rule["backend"]):
             if allow_fp8 or is_exact(rule["backend"]):
                 return str(rule["backend"])
     return None
@@ -142,7 +146,7 @@ def static_choice(device: torch.device, dtype: torch.dtype, bits: int, m: int, *
         return False
 
     if device.type == "cuda":
-        if allow_fp8 and m >= FP8_FROM_M and take(FP8_BACKEND):
+        if allow_fp8 and take(FP8_BACKEND):
             return FP8_BACKEND
         if take("triton_dequant"):
             return "triton_dequant"

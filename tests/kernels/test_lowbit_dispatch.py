@@ -93,12 +93,13 @@ def test_static_rules_never_try_gemlite_or_fp8_unasked(caplog: pytest.LogCapture
     with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
         for m in (1, 16, 64, 1536, 4608, 18432):
             assert rules.static_choice(cuda, torch.bfloat16, 1, m) in ("triton_dequant", "torch")
-        # auto-fp8 only considers fp8 above a 512^2 image's token count
-        rules.static_choice(cuda, torch.bfloat16, 1, 1536, allow_fp8=True)
-    assert not [r for r in caplog.records if "gemlite" in r.getMessage() or "'fp8'" in r.getMessage()]
-    with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
-        rules.static_choice(cuda, torch.bfloat16, 1, 4608, allow_fp8=True)
-    assert torch.cuda.is_available() or any("'fp8'" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "gemlite" in r.getMessage() or "fp8" in r.getMessage()]
+    # auto-fp8 asks for the rowwise FP8 path at every size (fastest Bonsai path measured on the H200)
+    assert rules.FP8_BACKEND == "fp8_rowwise"
+    for m in (1536, 4608):
+        with caplog.at_level(logging.WARNING, logger="bonsai_core.dispatch"):
+            got = rules.static_choice(cuda, torch.bfloat16, 1, m, allow_fp8=True)
+        assert got == "fp8_rowwise" or any("'fp8_rowwise'" in r.getMessage() for r in caplog.records)
 
 
 def test_mps_prefers_mlx_when_importable() -> None:
@@ -254,4 +255,28 @@ def test_auto_fp8_may_pick_any_inexact_backend_plain_auto_never() -> None:
         assert "approx" not in rules.table_candidates(CPU, torch.float32, 1, False)
     finally:
         registry._factories.pop("approx", None)
+        dispatch.reload_tables()
+
+
+class _ApproximateResident(_Approximate):
+    """An inexact backend that keeps a second copy of every weight (stands for fp8_rowwise_resident)."""
+
+    name = "approx_resident"
+    resident = True
+
+
+def test_resident_backends_are_never_chosen_automatically() -> None:
+    """A measured table (the shipped H200 one does) may name a resident backend: auto-fp8 skips it
+    (it would add ~1 byte per weight of VRAM), an explicit request still gets it."""
+    dispatch.register_backends({"approx": _Approximate, "approx_resident": _ApproximateResident})
+    try:
+        write_table(CPU, {entry_key("backend-fp8", 16, 256, 1, torch.float32, 4): "approx_resident"})
+        assert "approx_resident" not in rules.table_candidates(CPU, torch.float32, 1, True)
+        assert select_backend(CPU, torch.float32, 1, 4, dispatch.AUTO_FP8, k=256, n=16) != "approx_resident"
+        assert select_backend(CPU, torch.float32, 1, 4, "approx_resident", k=256, n=16) == "approx_resident"
+    finally:
+        from bonsai_core.dispatch import registry
+
+        registry._factories.pop("approx", None)
+        registry._factories.pop("approx_resident", None)
         dispatch.reload_tables()
