@@ -13,9 +13,9 @@ import re
 import unicodedata
 
 from .errors import BonsaiFormatError
+from .klein import VARIANT_BITS
 
 OWNER = "prism-ml"
-VARIANT_BITS = {"binary": 1, "ternary": 2}
 RELEASES = ("gemlite", "mlx", "unpacked")
 COMPONENTS = ("transformer", "text_encoder", "vae")
 # auto = gemlite everywhere: every shipped workflow points at the gemlite folders, and the pack

@@ -14,6 +14,8 @@ from typing import Any
 
 # The one group size of every Bonsai layout: one scale per 128 consecutive inputs (along K).
 GROUP_SIZE = 128
+# The two Bonsai variants and their bits per weight code (binary {-1,+1}, ternary {-1,0,+1}).
+VARIANT_BITS = {"binary": 1, "ternary": 2}
 
 # What a FLUX.2 Klein transformer can be. Klein 4B is (3072, 24 heads, 5 + 20 blocks); the caps
 # leave room for larger Klein siblings and stay small enough that every list derived from a

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import BonsaiFormatError
-from .klein import GROUP_SIZE
+from .klein import GROUP_SIZE, VARIANT_BITS
 
-VARIANT_BITS = {"binary": 1, "ternary": 2}
 BITS_VARIANT = {v: k for k, v in VARIANT_BITS.items()}
 # value = q * STEP - 1  maps codes onto {-1, +1} (binary) or {-1, 0, +1} (ternary)
 STEP = {1: 2, 2: 1}

@@ -36,6 +36,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from bonsai_core.klein import GROUP_SIZE
+
 from .summary import step_rows, write_summary
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ def synthetic_state_dict(bits: int, device: Any, seed: int = 0, cfg: Any = None)
             q = torch.randint(0, 3, (n, k), dtype=torch.uint8, device=device, generator=g)
             codes = core("packing").pack_codes(q, 2)
         # |W| ~ 1/sqrt(K) keeps activations O(1) through the 25 blocks
-        scales = ((torch.rand(n, k // 128, device=device, generator=g) + 0.5) / (k**0.5)).half()
+        scales = ((torch.rand(n, k // GROUP_SIZE, device=device, generator=g) + 0.5) / (k**0.5)).half()
         sd[key] = codes
         sd[key[: -len("weight")] + "weight_scale"] = scales
     dense_shapes = klein.diffusers_dense_tensors(cfg)
@@ -127,7 +129,7 @@ def dense_state_dict(packed: dict[str, Any]) -> dict[str, Any]:
             continue
         scale_key = key[: -len("weight")] + "weight_scale"
         if scale_key in packed:
-            bits = t.shape[1] * 8 // (packed[scale_key].shape[1] * 128)
+            bits = t.shape[1] * 8 // (packed[scale_key].shape[1] * GROUP_SIZE)
             out[key] = deq(t, packed[scale_key], bits, torch.bfloat16)
         else:
             out[key] = t

@@ -171,7 +171,7 @@ def test_tokenizer_matches_shipped_tokenizer(te_node, te_pack, tiny_tes) -> None
     assert ids[:3] == [151644, 872, 198] and ids[-7:] == [151644, 77091, 198, 151667, 271, 151668, 271]
     klein = comfy.text_encoders.flux.KleinTokenizer()
     fox = [t for t, _ in klein.tokenize_with_weights("a red fox")["qwen3_4b"][0]]
-    assert fox[:7] == [151644, 872, 198, 64, 2518, 38835, 151645] and len(fox) == 512  # comfyui.md §6
+    assert fox[:7] == [151644, 872, 198, 64, 2518, 38835, 151645] and len(fox) == 512  # Klein pads every prompt to 512 tokens
 
 
 def test_tokenizer_mismatch_is_an_error(te_node, te_pack, tiny_tes, tmp_path: Path) -> None:  # noqa: ANN001
