@@ -49,8 +49,9 @@ _FEW_TOKENS, _IMAGE_TOKENS = 1, 64 * 64 + 512
 
 
 def backend_choices() -> list[str]:
-    """``auto`` then the matmul backends ``bonsai_core.dispatch`` knows."""
-    return ["auto", *[n for n in dispatch.backend_names() if n != "auto"]]
+    """``auto`` (exact), ``auto-fp8`` (fastest: FP8 tensor cores where the GPU has them, else as
+    ``auto``), then the matmul backends ``bonsai_core.dispatch`` knows."""
+    return [dispatch.AUTO, dispatch.AUTO_FP8, *dispatch.backend_names()]
 
 
 def chosen_backend(backend: str, bits: int, dtype: torch.dtype) -> str:
@@ -66,7 +67,7 @@ def chosen_backend(backend: str, bits: int, dtype: torch.dtype) -> str:
         log.debug("backend selection for the log failed: %s", e)
         return backend
     name = image if few == image else f"{few} (few tokens) / {image} (images)"
-    return f"{name}, chosen by auto on {device.type}" if backend == "auto" else name
+    return f"{name}, chosen by {backend} on {device.type}" if backend in (dispatch.AUTO, dispatch.AUTO_FP8) else name
 
 
 def bfl_state_dict(ckpt: BonsaiCheckpoint) -> tuple[dict[str, torch.Tensor], int]:
@@ -98,7 +99,7 @@ def _resolve_dtype(name: str, params: int) -> torch.dtype:
 
 def _check_backend(path: Path, backend: str, bits: int, dtype: torch.dtype) -> None:
     """Refuse a backend that cannot run here at load time, with the backend's own reason."""
-    if backend == "auto":
+    if backend in (dispatch.AUTO, dispatch.AUTO_FP8):
         return
     device = comfy.model_management.get_torch_device()
     try:

@@ -40,10 +40,21 @@ def test_load_log_names_the_chosen_backend(comfyui: Any, caplog: pytest.LogCaptu
     loader = comfyui.pack("nodes.model_loader")
     name, _ = comfyui.tiny_model("binary")
     path = comfyui.models_dir / "diffusion_models" / name
-    for requested, expected in (("auto", "backend torch, chosen by auto on cpu"), ("torch", "backend torch")):
+    cases = (("auto", "backend torch, chosen by auto on cpu"), ("auto-fp8", "backend torch, chosen by auto-fp8 on cpu"), ("torch", "backend torch"))
+    for requested, expected in cases:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="bonsai_image.loader"):
             loader.load_bonsai_model(path, requested)
         (line,) = [r.getMessage() for r in caplog.records if "model loaded from" in r.getMessage()]
         assert line.endswith(expected), line
         assert "backend auto" not in line
+
+
+def test_loader_backend_options_offer_exact_and_fastest_auto(comfyui: Any) -> None:
+    """``auto`` (bit-exact) and ``auto-fp8`` (fastest, FP8 where the GPU has it) come first, then every
+    registered kernel by name."""
+    for node_id in ("BonsaiModelLoader", "BonsaiPipelineLoader"):
+        spec = comfyui.node_class(node_id).GET_NODE_INFO_V1()["input"]["required"]["backend"]
+        options = spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+        assert options[:2] == ["auto", "auto-fp8"], (node_id, options)
+        assert {"torch", "triton_dequant", "fp8_rowwise"} <= set(options), (node_id, options)
