@@ -21,10 +21,19 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..bonsai_core.download import DownloadError, download
-from ..bonsai_core.download_errors import manual_steps
+from ..bonsai_core.download.errors import manual_steps
+from ..bonsai_core.download.hub_names import (
+    AUTO_RELEASE,
+    COMPONENTS,
+    OWNER,
+    RELEASES,
+    VARIANT_BITS,
+    needed_description,
+    repo_name,
+    resolve_release,
+)
+from ..bonsai_core.download.models_dir import BONSAI_FOLDER, ModelsLocation, resolve_models_location
 from ..bonsai_core.errors import BonsaiFormatError
-from ..bonsai_core.hub_names import AUTO_RELEASE, COMPONENTS, OWNER, RELEASES, VARIANT_BITS, needed_description, repo_name, resolve_release
-from ..bonsai_core.models_dir import BONSAI_FOLDER, ModelsLocation, resolve_models_location
 from . import folders
 
 log = logging.getLogger(__name__)

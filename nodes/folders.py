@@ -34,7 +34,7 @@ from typing import Any
 
 import folder_paths
 
-from ..bonsai_core.models_dir import BONSAI_FOLDER
+from ..bonsai_core.download.models_dir import BONSAI_FOLDER
 
 log = logging.getLogger("bonsai_image.folders")
 

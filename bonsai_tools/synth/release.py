@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsai_core.atomic import atomic_path
-from bonsai_core.hub_names import OWNER, RELEASES, repo_name
+from bonsai_core.download.hub_names import OWNER, RELEASES, repo_name
 from bonsai_core.klein import GROUP_SIZE
 from bonsai_core.te_formats import LAYOUTS as TE_LAYOUTS
 from bonsai_core.te_formats import TE_FOLDER_NAMES

@@ -15,8 +15,8 @@ the note at the top of the graph is what says, on open, which folder is needed a
 
 from __future__ import annotations
 
-from bonsai_core.hub_names import OWNER, VARIANT_BITS, repo_name
-from bonsai_core.models_dir import BONSAI_FOLDER
+from bonsai_core.download.hub_names import OWNER, VARIANT_BITS, repo_name
+from bonsai_core.download.models_dir import BONSAI_FOLDER
 
 HUB = "https://huggingface.co"
 BONSAI_DIR = BONSAI_FOLDER  # models/bonsai: where the downloader writes a release, one folder per repo

@@ -16,7 +16,7 @@ from hub_server import FakeRepo, HubServer
 from release_trees import EXPECTED, REPO_ROOT, TERNARY_GEMLITE, blob, closed_port, gemlite_repo_files, resolve_gets
 
 from bonsai_core import download as dl
-from bonsai_core.hub_names import resolve_release
+from bonsai_core.download.hub_names import resolve_release
 
 
 @pytest.fixture()

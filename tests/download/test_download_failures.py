@@ -14,7 +14,7 @@ from hub_server import INFO, FakeRepo, HubServer
 from release_trees import REPO_ROOT, SNAP, TERNARY_GEMLITE, blob, closed_port, file_requests, gemlite_repo_files, run_cli
 
 from bonsai_core import download as dl
-from bonsai_core.download_errors import DISK_FULL, NOT_FOUND, OFFLINE, STALLED
+from bonsai_core.download.errors import DISK_FULL, NOT_FOUND, OFFLINE, STALLED
 
 BONSAI_PY = str(REPO_ROOT / "bonsai.py")
 MANUAL = "To install by hand: download https://huggingface.co/"

@@ -13,7 +13,7 @@ from hub_server import FakeRepo, HubServer
 from release_trees import EXPECTED, SNAP, TERNARY_GEMLITE, file_requests, gemlite_repo_files, run_cli, tree
 
 from bonsai_core import download as dl
-from bonsai_core.download_errors import UNSAFE_NAME
+from bonsai_core.download.errors import UNSAFE_NAME
 
 HOSTILE = [
     "../outside.json",
@@ -67,7 +67,7 @@ def test_cli_refuses_a_hostile_repo_with_one_message(world: dict[str, Path]) -> 
     server = _serve({"../../victim.json": b"{}"})
     try:
         out = run_cli(
-            [str(Path(dl.__file__).parents[1] / "bonsai.py"), "download", "ternary", "--models-dir", str(world["models"])],
+            [str(Path(dl.__file__).parents[2] / "bonsai.py"), "download", "ternary", "--models-dir", str(world["models"])],
             endpoint=server.endpoint,
         )
     finally:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bonsai_core.hub_names import (
+from bonsai_core.download.hub_names import (
     MANIFEST,
     UnsafeRemoteName,
     check_remote_name,

@@ -15,7 +15,7 @@ import pytest
 from hub_server import FakeRepo, HubServer
 from release_trees import REPO_ROOT, SNAP, TERNARY_GEMLITE, closed_port, gemlite_repo_files, run_cli
 
-from bonsai_core.models_dir import ModelsDirError, bonsai_folders_of, containing_comfyui, resolve_models_location
+from bonsai_core.download.models_dir import ModelsDirError, bonsai_folders_of, containing_comfyui, resolve_models_location
 
 
 def make_comfyui(root: Path) -> Path:

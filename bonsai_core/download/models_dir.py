@@ -25,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BONSAI_FOLDER = "bonsai"
-PACK_DIR = Path(os.path.abspath(__file__)).parent.parent  # not resolved: a symlinked pack still sits in custom_nodes/
+PACK_DIR = Path(os.path.abspath(__file__)).parents[2]  # <pack>/bonsai_core/download/; not resolved: a symlinked pack still sits in custom_nodes/
 HOME_COMFYUI = "~/comfy/ComfyUI"
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .errors import BonsaiFormatError
-from .klein import VARIANT_BITS
+from ..errors import BonsaiFormatError
+from ..klein import VARIANT_BITS
 
 OWNER = "prism-ml"
 RELEASES = ("gemlite", "mlx", "unpacked")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .download import DEFAULT_TIMEOUT_S, DownloadError, download
+from . import DEFAULT_TIMEOUT_S, DownloadError, download
 from .hub_names import AUTO_RELEASE, COMPONENTS, OWNER, RELEASES, VARIANT_BITS, repo_name, resolve_release
 from .models_dir import ModelsDirError, resolve_models_location
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .download_errors import CORRUPT, DROPPED, UNSAFE_NAME, DownloadError, classify, describe, not_enough_space
+from .errors import CORRUPT, DROPPED, UNSAFE_NAME, DownloadError, classify, describe, not_enough_space
 from .hub_names import (
     AUTO_RELEASE,
     COMPONENTS,
@@ -171,7 +171,7 @@ def _read_manifest(target: Path) -> dict[str, Any]:
 
 
 def _write_manifest(target: Path, data: dict[str, Any]) -> None:
-    from .atomic import atomic_path
+    from ..atomic import atomic_path
 
     with atomic_path(target / MANIFEST) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -356,13 +356,13 @@ def _forget_local_metadata(target: Path, rel: str) -> None:
 
 def convert_to_canonical(snapshot: Path, out: Path, variant: str) -> Path:
     """The snapshot's transformer as the canonical single file ``out`` (lossless, atomic)."""
-    from .convert import convert
+    from ..convert import convert
 
     return Path(convert(snapshot, out, "canonical", variant))
 
 
 def register(sub: Any) -> None:
     """The ``download`` command (kept here so ``python -m bonsai_core download`` finds it)."""
-    from .cli_download import register as _register
+    from .cli import register as _register
 
     _register(sub)
