@@ -47,7 +47,6 @@ dispatch.register_backends(BACKENDS)  # bonsai_core never imports kernels: the p
 
 log = logging.getLogger("bonsai_image.ops")
 
-SCALE_SUFFIX = SCALE_LEAF  # "<module>.weight_scale": the canonical file's key for a layer's scales
 
 # A resolver gets (layer, one entry of layer.weight_function) and returns the low-rank branches
 # that entry stands for, or None when the entry is not its kind.
@@ -118,7 +117,7 @@ class BonsaiOps(comfy.ops.manual_cast):
             unexpected_keys: list[str],
             error_msgs: list[str],
         ) -> None:
-            wkey, skey, bkey = prefix + "weight", prefix + SCALE_SUFFIX, prefix + "bias"
+            wkey, skey, bkey = prefix + "weight", prefix + SCALE_LEAF, prefix + "bias"
             self.bonsai_key = prefix[:-1] if prefix.endswith(".") else prefix
             for k in state_dict:
                 if k.startswith(prefix) and k not in (wkey, skey, bkey):
@@ -187,7 +186,7 @@ class BonsaiOps(comfy.ops.manual_cast):
 
             if self.codes is not None:
                 destination[prefix + "weight"] = out(self.codes)
-                destination[prefix + SCALE_SUFFIX] = out(self.scales)
+                destination[prefix + SCALE_LEAF] = out(self.scales)
             elif self.weight is not None:
                 destination[prefix + "weight"] = out(self.weight)
             if self.bias is not None:
