@@ -28,35 +28,50 @@ COMMANDS: dict[str, str] = {
 MOVED_TO_TOOLS: frozenset[str] = frozenset({"make-fixture", "bench-linear", "bench-model", "bench-lora"})
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bonsai_core", description="Bonsai Image 4B weight tools")
+def build_parser(
+    only: str | None = None,
+    *,
+    commands: dict[str, str] = COMMANDS,
+    package: str = __package__,
+    prog: str = "python -m bonsai_core",
+    description: str = "Bonsai Image 4B weight tools",
+) -> argparse.ArgumentParser:
+    """The parser with the subcommands of ``commands`` (all of them, or only ``only``'s module)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     seen: set[str] = set()
-    for name, module in COMMANDS.items():
+    for name, module in commands.items():
         if module in seen or (only is not None and name != only):
             continue
         seen.add(module)
-        importlib.import_module(module, __package__).register(sub)
+        importlib.import_module(module, package).register(sub)
     return parser
+
+
+def run_commands(argv: list[str], *, commands: dict[str, str], package: str, prog: str, description: str) -> int:
+    """Parse ``argv`` against ``commands`` (importing only the module of the command asked for;
+    ``--help`` imports all) and run it. A format error is one logged line and exit 2; SIGTERM/SIGHUP
+    unwind like Ctrl-C so that atomic writes remove their temporaries. Shared with the tooling CLI."""
+    only = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only if only in commands else None, commands=commands, package=package, prog=prog, description=description)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        with exit_on_termination():
+            return int(args.func(args) or 0)
+    except BonsaiFormatError as e:
+        logging.getLogger(package).error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Import only the module of the command asked for; --help imports all.
     only = next((a for a in argv if not a.startswith("-")), None)
     if only in MOVED_TO_TOOLS:
         sys.stderr.write(f"'{only}' moved: run `python -m bonsai_tools {only}` from the pack folder\n")
         return 2
-    parser = build_parser(only if only in COMMANDS else None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        with exit_on_termination():  # SIGTERM/SIGHUP unwind like Ctrl-C, so temporaries are removed
-            return int(args.func(args) or 0)
-    except BonsaiFormatError as e:
-        logging.getLogger("bonsai_core").error("%s", e)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_commands(argv, commands=COMMANDS, package=__package__, prog="python -m bonsai_core", description="Bonsai Image 4B weight tools")

@@ -48,9 +48,9 @@ def klein_linear_shapes(cfg: KleinConfig = KLEIN_4B, naming: str = "diffusers") 
     return list(dict.fromkeys(shapes))
 
 
-def time_candidate(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, reps: int = 3) -> float:
-    """Median milliseconds of ``fn()``; CUDA events on GPU, a host clock elsewhere. The warm-up
-    call absorbs JIT compilation and backend-internal first-use work."""
+def time_samples(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, reps: int = 3) -> list[float]:
+    """Milliseconds of each of ``reps`` calls of ``fn()`` after ``warmup`` calls; CUDA events on GPU,
+    a host clock elsewhere. The warm-up absorbs JIT compilation and backend first-use work."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
@@ -67,7 +67,12 @@ def time_candidate(fn: Callable[[], Any], device: torch.device, *, warmup: int =
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def time_candidate(fn: Callable[[], Any], device: torch.device, *, warmup: int = 1, reps: int = 3) -> float:
+    """Median milliseconds of ``fn()`` (see :func:`time_samples`)."""
+    return statistics.median(time_samples(fn, device, warmup=warmup, reps=reps))
 
 
 def measure_and_record(key: str, candidates: Mapping[str, Callable[[], Any]], device: torch.device, *, reps: int = 3) -> str:

@@ -29,7 +29,7 @@ from bonsai_core import dispatch
 from bonsai_core.atomic import atomic_path
 from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
 from bonsai_core.dispatch.cache import device_tag
-from bonsai_core.dispatch.tune import klein_linear_shapes
+from bonsai_core.dispatch.tune import klein_linear_shapes, time_samples
 from bonsai_core.klein import GROUP_SIZE, KLEIN_4B, diffusers_quantized_linears
 from bonsai_core.packing import VARIANT_BITS, PackedWeight, dequantize, pack_codes
 
@@ -71,30 +71,10 @@ def _parse_shapes(spec: str) -> list[tuple[int, int]]:
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], Any], int, int], list[float]]:
-    def cuda_time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return times
+    def timer(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+        return time_samples(fn, device, warmup=warmup, reps=iters)
 
-    def host_time(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
-
-    return cuda_time if device.type == "cuda" else host_time
+    return timer
 
 
 def _sync(device: torch.device) -> None:
