@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .model import env_info, setup_comfy, synthetic_state_dict
+from .model import setup_comfy, synthetic_state_dict
+from .model_timing import env_info
 
 log = logging.getLogger(__name__)
 

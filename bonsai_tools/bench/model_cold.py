@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .model import REPO, build_model, euler_latents, setup_comfy, synthetic_state_dict
+from .model import REPO, build_model, setup_comfy, synthetic_state_dict
+from .model_timing import euler_latents
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def cmd_bench_prompt(args: argparse.Namespace) -> int:
     import torch
 
     from . import prompt_files
-    from .model import env_info
+    from .model_timing import env_info
 
     comfy = _comfy_root(args.comfyui)
     sys.path.append(str(comfy))  # comfyui_version, for the report header
