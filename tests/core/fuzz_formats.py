@@ -177,3 +177,39 @@ def fuzz_json_configs(folder: str) -> None:
             assert "\n" not in str(err)
 
     prop()
+
+
+def fuzz_gguf_bytes(folder: str) -> None:
+    """Byte edits in the header, key/value and tensor-info region of a valid tiny binary GGUF (and a cut
+    file): the only outcomes are a checkpoint whose first packed and dense tensors load, or one
+    BonsaiFormatError naming the file. The ``gguf`` package parses the header; this checks that
+    whatever it raises on a crafted file is turned into that one error, within the memory cap."""
+    from bonsai_core.formats import open_checkpoint
+    from bonsai_tools.synth import make_fixture
+
+    base = Path(folder)
+    valid = make_fixture("binary", "tiny", "gguf", 0, base / "valid.gguf").read_bytes()
+    head = min(len(valid), 16384)  # magic, counts, key/values and tensor infos of a tiny model
+    path = base / "fuzz.gguf"
+
+    @SETTINGS
+    @given(
+        edits=st.lists(
+            st.tuples(st.integers(min_value=0, max_value=head - 1), st.binary(min_size=1, max_size=8)), min_size=1, max_size=6
+        ),
+        cut=st.one_of(st.none(), st.integers(min_value=0, max_value=len(valid))),
+    )
+    def prop(edits: list[tuple[int, bytes]], cut: int | None) -> None:
+        b = bytearray(valid)
+        for at, ins in edits:
+            b[at : at + len(ins)] = ins
+        path.write_bytes(bytes(b if cut is None else b[:cut]))
+        try:
+            ckpt = open_checkpoint(path)
+            ckpt.load_packed(next(iter(ckpt.packed_shapes)))
+            ckpt.load_dense(next(iter(ckpt.dense_shapes)))
+        except BonsaiFormatError as err:
+            assert err.path == str(path), err
+            assert "\n" not in str(err)
+
+    prop()

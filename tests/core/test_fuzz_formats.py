@@ -11,7 +11,7 @@ import pytest
 from bounded_worker import run_bounded
 
 
-@pytest.mark.parametrize("prop", ["fuzz_safetensors_headers", "fuzz_safetensors_bytes", "fuzz_json_configs"])
+@pytest.mark.parametrize("prop", ["fuzz_safetensors_headers", "fuzz_safetensors_bytes", "fuzz_json_configs", "fuzz_gguf_bytes"])
 def test_fuzz(prop: str, tmp_path: Path) -> None:
     proc = run_bounded(f"fuzz_formats:{prop}", str(tmp_path), mem_mb=512, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
