@@ -24,6 +24,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+# Largest finite float8 e4m3fn value: the FP8 backends scale their operands into [-448, 448].
+FP8_MAX = 448.0
+
 
 class BackendUnavailable(RuntimeError):
     """Raised by :meth:`LowBitBackend.check` with a one-line, actionable reason."""

@@ -22,24 +22,15 @@ measured table, namespace ``fp8``, else the static preference of :meth:`FP8Block
 # real ``tl.constexpr`` objects in kernel signatures, not strings.
 import logging
 from functools import lru_cache
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-try:  # optional: the module must import without triton
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only where triton is missing
-    triton = None
-    tl = SimpleNamespace(constexpr=int)  # lets the kernel signatures below be evaluated
-
-from .base import BackendUnavailable, LowBitBackend, PackedLinearWeight
-from .triton_dequant import SCRATCH, interpreting, unpack_into
+from .base import FP8_MAX, BackendUnavailable, LowBitBackend, PackedLinearWeight
+from .triton_dequant import SCRATCH, interpreting, tl, triton, unpack_into  # triton or its stand-in when missing
 
 log = logging.getLogger(__name__)
 
-FP8_MAX = 448.0
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): a few shapes that suit wgmma on Hopper.
 CONFIGS: dict[str, tuple[int, int, int, int]] = {
     "m128n128w8s3": (128, 128, 8, 3),

@@ -27,24 +27,15 @@ docs/benchmarks.
 # real ``tl.constexpr`` objects in kernel signatures, not strings.
 import logging
 from functools import lru_cache
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-try:  # optional: the module must import without triton
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only where triton is missing
-    triton = None
-    tl = SimpleNamespace(constexpr=int)  # lets the kernel signatures below be evaluated
-
-from .base import BackendUnavailable, LowBitBackend, PackedLinearWeight
-from .triton_dequant import SCRATCH, interpreting
+from .base import FP8_MAX, BackendUnavailable, LowBitBackend, PackedLinearWeight
+from .triton_dequant import SCRATCH, interpreting, tl, triton  # triton or its stand-in when missing
 
 log = logging.getLogger(__name__)
 
-FP8_MAX = 448.0
 _TINY = 1e-12  # floor for an all-zero row/token: its scale stays finite, its values stay 0
 # (rows of W per program) for the weight part: one scale group of K per program, as the exact
 # dequant kernel does (its shipped H100 table picked 64 rows for Klein shapes).
