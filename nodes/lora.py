@@ -29,16 +29,18 @@ Memory management paths (ComfyUI v0.29.0, ``comfy/model_patcher.py``):
   skips ``load()`` when the new clone has the same ``patches_uuid`` (branches kept), otherwise it
   unpatches and loads again (branches rebuilt). ``detach(unpatch_all=True)`` clears them.
 
-Supported patch kinds (all exact, no dense copy of a base layer):
+Supported patch kinds (all exact, no dense copy of a base layer; memory follows the adapter's own
+parameters and the layer's shape, never a product of ranks):
 * LoRA / LoCon (``lora_up/down``, ``lora_A/B``, diffusers ``.lora.up``...; 1x1 ``lora_mid`` folded
   into ``down``): a branch of the LoRA's own rank.
-* LoHa without Tucker factors: an exact branch of rank r1*r2 (Hadamard product of two low-rank
-  matrices = Khatri-Rao product of their factors).
-* LoKr, LoHa with Tucker factors, full ``diff`` patches: the exact dense delta of the addressed slice
-  (memory of one dense slice per patch, logged as a warning).
+* LoHa and LoKr: exact branches of rank r1*r2 (Khatri-Rao factors of a Hadamard product, Kronecker
+  factors of a Kronecker product) when those factors hold no more numbers than the slice's dense delta,
+  otherwise the exact dense delta of the addressed slice (one dense slice per patch, logged as a warning).
+  Factor shapes are checked before anything is multiplied.
+* full ``diff`` patches: the dense delta (the file's own tensor).
 * ``strength_model`` != 1 (model merging / attention multiply nodes): scales the slice's output.
 Refused with :class:`BonsaiLoraError` (ComfyUI would merge them; that needs the dense weight):
-DoRA (``dora_scale``), GLoRA, OFT, BOFT, ``set`` / ``model_as_lora`` / whole-model patches and
+DoRA (``dora_scale``), Tucker factors (convolution-only), GLoRA, OFT, BOFT, ``set`` / ``model_as_lora`` / whole-model patches and
 patches with a ``function``.
 """
 
@@ -51,6 +53,7 @@ from typing import Any
 import torch
 
 from ..bonsai_core.lowrank import LowRankBranch
+from .lora_factors import BonsaiLoraError, ShapeMismatch, loha_factors, lokr_factors, lora_factors
 from .ops import register_patch_resolver
 
 log = logging.getLogger(__name__)
@@ -58,18 +61,6 @@ log = logging.getLogger(__name__)
 CALLBACK_KEY = "bonsai_lora"
 # attribute on a Bonsai layer remembering which (patches_uuid, device, dtype) its branches were built for
 _STAMP_ATTR = "bonsai_lora_stamp"
-
-
-class BonsaiLoraError(ValueError):
-    """A patch that cannot be applied to a packed binary/ternary layer without merging."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(
-            f"LoRA patch on Bonsai layer {key!r}: {message}. Bonsai layers stay binary/ternary, so only additive patches "
-            "(LoRA/LoCon, LoHa, LoKr, diff) can be applied, as unmerged branches. Remove this LoRA from the workflow "
-            "or use it with a dense FLUX.2 Klein model."
-        )
-        self.key = key
 
 
 # ---------------------------------------------------------------------------
@@ -114,52 +105,6 @@ def _dense_branch(delta: torch.Tensor, scale: float, offset: int, pre_scale: flo
     return LowRankBranch(torch.eye(k, dtype=delta.dtype), delta, scale, offset, pre_scale)
 
 
-def _lora_factors(key: str, weights: Sequence[Any], n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``LoRAAdapter.weights = (up, down, alpha, mid, dora_scale, reshape)`` -> (up [n,r], down [r,k], alpha/rank)."""
-    up, down, alpha, mid, dora_scale, reshape = weights
-    if dora_scale is not None:
-        raise BonsaiLoraError(key, "DoRA (dora_scale) renormalizes the merged weight, which needs the dense base weight")
-    if reshape is not None and tuple(int(v) for v in reshape) != (n, k):
-        raise BonsaiLoraError(key, f"reshape_weight {list(reshape)} would resize the layer ({n}x{k})")
-    rank = down.shape[0]
-    # ComfyUI divides alpha by the rank of ``down`` before folding in ``mid``; so do we.
-    factor = float(alpha) / rank if alpha is not None else 1.0
-    up = up.reshape(up.shape[0], -1)
-    down = down.reshape(rank, -1)
-    if mid is not None:
-        if mid.dim() not in (2, 4) or (mid.dim() == 4 and tuple(mid.shape[2:]) != (1, 1)):
-            raise BonsaiLoraError(key, f"lora_mid of shape {list(mid.shape)} is a convolution factor, not a linear one")
-        down = mid.reshape(mid.shape[0], mid.shape[1]).float() @ down.float()  # fold in fp32, as ComfyUI merges
-    if up.shape[0] != n or down.shape[1] != k or up.shape[1] != down.shape[0]:
-        raise _ShapeMismatch(f"lora up {list(up.shape)} x down {list(down.shape)} does not fit a {n}x{k} slice")
-    return up, down, factor
-
-
-def _loha_factors(key: str, weights: Sequence[Any], n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-    """LoHa ``(w1a, w1b, alpha, w2a, w2b, t1, t2, dora)``: (w1a@w1b)*(w2a@w2b) = Khatri-Rao(w1a,w2a) @ Khatri-Rao(w1b,w2b).
-
-    Returns None when Tucker factors are present (the caller then uses the dense delta).
-    """
-    w1a, w1b, alpha, w2a, w2b, t1, _t2, dora_scale = weights
-    if dora_scale is not None:
-        raise BonsaiLoraError(key, "DoRA (dora_scale) renormalizes the merged weight, which needs the dense base weight")
-    if t1 is not None:
-        return None
-    w1a, w1b, w2a, w2b = (t.float() for t in (w1a, w1b, w2a, w2b))
-    w1b, w2b = w1b.reshape(w1b.shape[0], -1), w2b.reshape(w2b.shape[0], -1)
-    if w1a.shape[0] != n or w2a.shape[0] != n or w1b.shape[1] != k or w2b.shape[1] != k:
-        raise _ShapeMismatch(f"LoHa factors {[list(t.shape) for t in (w1a, w1b, w2a, w2b)]} do not fit a {n}x{k} slice")
-    r1, r2 = w1b.shape[0], w2b.shape[0]
-    up = (w1a.unsqueeze(2) * w2a.unsqueeze(1)).reshape(n, r1 * r2)
-    down = (w1b.unsqueeze(1) * w2b.unsqueeze(0)).reshape(r1 * r2, k)
-    factor = float(alpha) / r1 if alpha is not None else 1.0
-    return up, down, factor
-
-
-class _ShapeMismatch(Exception):
-    """The patch does not fit the layer: stock ComfyUI logs this and leaves the weight alone; so do we."""
-
-
 def branches_from_patches(key: str, patches: Sequence[tuple], out_features: int, in_features: int) -> list[LowRankBranch]:
     """Translate ComfyUI's patch list for ``<layer>.weight`` into branches, in ComfyUI's order.
 
@@ -179,19 +124,19 @@ def branches_from_patches(key: str, patches: Sequence[tuple], out_features: int,
         strength = float(strength)
         try:
             if isinstance(v, wa.LoRAAdapter):
-                up, down, factor = _lora_factors(key, v.weights, n, k)
-                out.append(LowRankBranch(_widen_input(down, i_start, k, in_features), up, strength * factor, o_start, pre))
-            elif isinstance(v, wa.LoHaAdapter) and (f := _loha_factors(key, v.weights, n, k)) is not None:
-                up, down, factor = f
+                up, down, factor = lora_factors(key, v.weights, n, k)
                 out.append(LowRankBranch(_widen_input(down, i_start, k, in_features), up, strength * factor, o_start, pre))
             elif isinstance(v, (wa.LoHaAdapter, wa.LoKrAdapter)):
-                if isinstance(v, wa.LoKrAdapter) and v.weights[8] is not None:
-                    raise BonsaiLoraError(key, "DoRA (dora_scale) renormalizes the merged weight, which needs the dense base weight")
+                make = loha_factors if isinstance(v, wa.LoHaAdapter) else lokr_factors
+                if (f := make(key, v.weights, n, k)) is not None:
+                    up, down, factor = f
+                    out.append(LowRankBranch(_widen_input(down, i_start, k, in_features), up, strength * factor, o_start, pre))
+                    continue
                 # the adapter's own merge onto a zero weight is exactly its delta (alpha included)
                 # (on a shape mismatch ComfyUI logs the error itself and returns the zeros unchanged)
                 delta = v.calculate_weight(torch.zeros(n, k), key, 1.0, 1.0, None, _identity, torch.float32)
                 if not delta.any():
-                    raise _ShapeMismatch(f"{v.name} gives no delta for a {n}x{k} slice")
+                    raise ShapeMismatch(f"{v.name} gives no delta for a {n}x{k} slice")
                 dense_bytes += delta.numel() * delta.element_size()
                 out.append(_dense_branch(_widen_input(delta, i_start, k, in_features), strength, o_start, pre))
             elif isinstance(v, wa.WeightAdapterBase):
@@ -209,16 +154,16 @@ def branches_from_patches(key: str, patches: Sequence[tuple], out_features: int,
                     out.append(LowRankBranch(torch.zeros(0, in_features), torch.zeros(n, 0), 0.0, o_start, pre))
                     continue
                 if tuple(diff.shape) != (n, k):
-                    raise _ShapeMismatch(f"diff {list(diff.shape)} != slice {[n, k]}")
+                    raise ShapeMismatch(f"diff {list(diff.shape)} != slice {[n, k]}")
                 dense_bytes += diff.numel() * diff.element_size()
                 out.append(_dense_branch(_widen_input(diff, i_start, k, in_features), strength, o_start, pre))
-        except _ShapeMismatch as e:
+        except ShapeMismatch as e:
             log.error("Bonsai LoRA: patch on %s not applied: %s", key, e)
             if pre != 1.0:  # ComfyUI scales the weight before trying the add
                 out.append(LowRankBranch(torch.zeros(0, in_features), torch.zeros(n, 0), 0.0, o_start, pre))
     if dense_bytes:
         log.warning(
-            "Bonsai LoRA: %s uses %.1f MiB of dense delta (LoKr/Tucker/diff patches have no low-rank form here)",
+            "Bonsai LoRA: %s uses %.1f MiB of dense delta (diff patches; LoHa/LoKr whose factors would be larger)",
             key,
             dense_bytes / 2**20,
         )
