@@ -25,7 +25,7 @@ ROOT = HERE.parents[1]
 
 def run_bounded(target: str, *args: str, mem_mb: int = 512, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``module:function`` (a module in tests/core) in a capped interpreter; returns the process."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(HERE / "bounded_worker.py"), str(mem_mb), target, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
