@@ -1,21 +1,24 @@
-"""Binary GGUF files (community conversion): BFL key names, the block linears as ``Q1_0``.
+"""GGUF files (community conversions): BFL key names, the block linears in a ggml block type.
 
-``Q1_0`` (ggml type 41): blocks of 128 weights along K, 18 bytes each = fp16 ``d`` + 16 bytes of
-sign bits, LSB-first (bit ``j % 8`` of byte ``j // 8``); bit 1 -> +d, bit 0 -> -d. That is
+Binary: ``Q1_0`` (ggml type 41): blocks of 128 weights along K, 18 bytes each = fp16 ``d`` + 16 bytes
+of sign bits, LSB-first (bit ``j % 8`` of byte ``j // 8``); bit 1 -> +d, bit 0 -> -d. That is
 exactly the canonical binary code layout, so a Q1_0 row is the canonical codes of the row with
 each group's 16 bytes preceded by its fp16 scale.
 
+Ternary: every public ternary block type is read exactly (``Q2_0`` in both of its layouts,
+``PQ2_0``, ``PTQ1_0``, ``TQ1_0``, ``TQ2_0``; :mod:`.ggml_blocks`). Files that declare a Hadamard
+rotation (``prism.hadamard.*``, PrismML's LLM releases) and other block types are refused naming
+the type.
+
 One community variant stores the ``*_modulation.lin`` layers as ``Q8_0``; those are dense layers
 for Bonsai, so they are dequantized (exactly, to fp32) with the gguf package's own reference.
-Other dense tensors are BF16/F16/F32 and kept as stored. Ternary has no Q1_0 form: a GGUF with
-ternary tensor types is refused.
+Other dense tensors are BF16/F16/F32 and kept as stored. The writer exports binary (Q1_0) only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -29,17 +32,22 @@ from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, GeometryError, bfl_expected_shapes, infer_config_from_bfl_shapes
 from ..packing import PackedWeight, check_dense_values, check_values, compact_scales
+from . import ggml_blocks
+from .ggml_blocks import BlockLayout
+from .gguf_index import TensorIndex, TensorInfo
 from .layout import check_expected_variant, variant_for
 
 Q = gguf.GGMLQuantizationType
 Q1_BLOCK_BYTES = 2 + GROUP_SIZE // 8  # fp16 d + 128 sign bits
 DENSE_TYPES = {Q.BF16: torch.bfloat16, Q.F16: torch.float16, Q.F32: torch.float32, Q.Q8_0: torch.float32}
-TERNARY_TYPES = {Q.TQ1_0, Q.TQ2_0} | ({Q.Q2_0} if hasattr(Q, "Q2_0") else set())
+DENSE_ESIZE = {Q.BF16: 2, Q.F16: 2, Q.F32: 4}
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 ARCH = "flux"  # what ComfyUI-GGUF's loader accepts for FLUX-family diffusion models
+BLOCK_TYPES = "Q1_0 (binary) or Q2_0, PQ2_0, PTQ1_0, TQ1_0, TQ2_0 (ternary)"
+USE_INSTEAD = "use the gemlite, MLX or unpacked release of the same variant"
 
 
-def _read_bytes(path: Path, t: gguf.ReaderTensor) -> np.ndarray:
+def _read_bytes(path: Path, t: TensorInfo) -> np.ndarray:
     """A tensor's raw bytes by a positioned read (the reader's memmap would keep every touched
     page resident while converting)."""
     buf = np.empty(t.n_bytes, np.uint8)
@@ -51,29 +59,60 @@ def _read_bytes(path: Path, t: gguf.ReaderTensor) -> np.ndarray:
     return buf
 
 
+def _block_layouts(f: Path, reader: TensorIndex, tensors: dict[str, TensorInfo], packed: list[str]) -> dict[str, BlockLayout]:
+    """The block layout of each packed tensor; type 42 (two layouts) decided from the bytes each
+    such tensor occupies, one layout for the whole file."""
+    layouts: dict[str, BlockLayout] = {}
+    q2: dict[str, list[BlockLayout]] = {}
+    for key in packed:
+        t = tensors[key]
+        if t.type_id == ggml_blocks.Q2_0:
+            q2[key] = ggml_blocks.resolve_q2_0(t.n_elements, t.span, int(reader.alignment))
+        elif t.type_id in ggml_blocks.BY_TYPE:
+            layouts[key] = ggml_blocks.BY_TYPE[t.type_id]
+        else:
+            raise BonsaiFormatError(f, key, f"block linear stored as {t.type_name}; Bonsai GGUF block linears are {BLOCK_TYPES} - {USE_INSTEAD}")
+    if q2:
+        found = {lay.weights: lay for fits in q2.values() if len(fits) == 1 for lay in fits}
+        if len(found) != 1:
+            key = next(iter(q2))
+            what = "fit both" if len(found) > 1 or q2[key] else "fit neither"
+            raise BonsaiFormatError(
+                f, key, f"type 42 (Q2_0) tensor sizes {what} the 64-weight/18-byte (mainline) and the 128-weight/34-byte "
+                "(PrismML's first) block layouts consistently; cannot tell which this file uses (truncated or mixed?)"
+            )
+        lay = next(iter(found.values()))
+        for key, fits in q2.items():
+            if lay not in fits:
+                raise BonsaiFormatError(f, key, f"type 42 (Q2_0) tensor does not fit {lay.name} blocks like the rest of the file")
+            layouts[key] = lay
+    bits = {lay.bits for lay in layouts.values()}
+    if len(bits) > 1:
+        raise BonsaiFormatError(f, packed[0], "block linears mix binary (Q1_0) and ternary block types")
+    return layouts
+
+
 def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
     f = Path(path)
     check_expected_variant(f, variant)
     open_regular(f).close()  # a FIFO or device is refused before the gguf package maps it
     try:
-        reader = gguf.GGUFReader(f, "r")
+        reader = TensorIndex(f)
     except Exception as e:  # the gguf package raises ValueError/struct.error/IndexError on bad files
         raise BonsaiFormatError(f, None, f"cannot read as GGUF (truncated or corrupt?): {e}") from e
-    tensors: dict[str, gguf.ReaderTensor] = {}
-    for t in reader.tensors:
+    rotation = next((k for k in reader.fields if k.startswith("prism.hadamard.")), None)
+    if rotation is not None:
+        raise BonsaiFormatError(
+            f, rotation, "weights are stored in a Hadamard-rotated basis (PrismML's LLM GGUFs); a Bonsai Image layer is not rotated - " + USE_INSTEAD
+        )
+    tensors: dict[str, TensorInfo] = {}
+    for t in reader.tensor_infos:
         name = t.name
         for p in PREFIXES:
             if name.startswith(p):
                 name = name[len(p) :]
         tensors[name] = t
-    for name, t in tensors.items():
-        if t.tensor_type in TERNARY_TYPES:
-            raise BonsaiFormatError(
-                f,
-                name,
-                f"{t.tensor_type.name} is a ternary GGUF type; only binary GGUF (Q1_0) is supported - use the ternary gemlite, MLX or unpacked release",
-            )
-    logical: dict[str, tuple[int, ...]] = {name: tuple(int(x) for x in reversed(t.shape.tolist())) for name, t in tensors.items()}
+    logical: dict[str, tuple[int, ...]] = {name: t.shape for name, t in tensors.items()}
     try:
         cfg = infer_config_from_bfl_shapes(logical)
     except GeometryError as e:
@@ -88,44 +127,46 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
     unknown = [k for k in tensors if k not in q_shapes and k not in d_shapes]
     if unknown:
         raise BonsaiFormatError(f, unknown[0], f"unexpected tensor ({len(unknown)} unexpected in all)")
-    for key in q_shapes:
-        if tensors[key].tensor_type != Q.Q1_0:
-            raise BonsaiFormatError(f, key, f"block linear stored as {tensors[key].tensor_type.name}; Bonsai GGUF stores it as Q1_0")
+    layouts = _block_layouts(f, reader, tensors, list(q_shapes))
+    for key, lay in layouts.items():
+        tensors[key].n_bytes = lay.tensor_nbytes(tensors[key].n_elements)
     for key in d_shapes:
-        if tensors[key].tensor_type not in DENSE_TYPES:
-            raise BonsaiFormatError(
-                f, key, f"dense tensor type {tensors[key].tensor_type.name} is not one of {[t.name for t in DENSE_TYPES]}"
-            )
-    found_variant = variant_for(f, 1, variant, None, "GGUF Q1_0 is binary")
+        t = tensors[key]
+        if t.type_id not in DENSE_TYPES:
+            raise BonsaiFormatError(f, key, f"dense tensor type {t.type_name} is not one of {[t.name for t in DENSE_TYPES]}")
+        t.n_bytes = t.n_elements // 32 * 34 if t.type_id == Q.Q8_0 else t.n_elements * DENSE_ESIZE[Q(t.type_id)]
+    for key, t in tensors.items():
+        if t.n_bytes > t.span:
+            raise BonsaiFormatError(f, key, f"{t.type_name} {list(t.shape)} needs {t.n_bytes} bytes, the file holds {t.span} (truncated?)")
+    bits = next(iter(layouts.values())).bits
+    found_variant = variant_for(f, bits, variant, None, f"GGUF {next(iter(layouts.values())).name}")
 
     def load_packed(key: str) -> PackedWeight:
         n, k = q_shapes[key]
-        g = k // GROUP_SIZE
-        raw = _read_bytes(f, tensors[key])
-        if raw.size != n * g * Q1_BLOCK_BYTES:
-            raise BonsaiFormatError(f, key, f"holds {raw.size} bytes, Q1_0 [{n}, {k}] needs {n * g * Q1_BLOCK_BYTES}")
-        blocks = torch.from_numpy(raw).view(n, g, Q1_BLOCK_BYTES)
-        d = blocks[..., :2].contiguous().view(torch.float16).view(n, g)
-        codes = blocks[..., 2:].reshape(n, g * (GROUP_SIZE // 8))
-        return check_values(PackedWeight(codes, compact_scales(d), 1), f, key)
+        lay = layouts[key]
+        if k % max(lay.weights, GROUP_SIZE):
+            raise BonsaiFormatError(f, key, f"in_features {k} is not a multiple of the {lay.name} block ({lay.weights} weights)")
+        raw = torch.from_numpy(_read_bytes(f, tensors[key]))
+        try:
+            codes, d = ggml_blocks.to_canonical(raw, lay, n, k)
+        except ggml_blocks.GroupScaleMismatch as e:
+            raise BonsaiFormatError(
+                f, key, f"row {e.row}, group {e.group}: its two 64-weight Q2_0 blocks have scales {e.d0} and {e.d1}; "
+                "a Bonsai layer has one scale per 128 weights (not a Bonsai conversion?)"
+            ) from None
+        return check_values(PackedWeight(codes, compact_scales(d), lay.bits), f, key)
 
     def load_dense(key: str) -> torch.Tensor:
         t = tensors[key]
         shape = d_shapes[key]
         raw_np = _read_bytes(f, t)
-        if t.tensor_type == Q.Q8_0:
-            if shape[-1] % 32 or raw_np.size * 32 != math.prod(shape) * 34:
-                raise BonsaiFormatError(f, key, f"holds {raw_np.size} bytes, Q8_0 {list(shape)} needs {math.prod(shape) // 32 * 34}")
+        if t.type_id == Q.Q8_0:
+            if shape[-1] % 32:
+                raise BonsaiFormatError(f, key, f"Q8_0 {list(shape)}: the row length is not a multiple of 32")
             rows = raw_np.reshape(-1, shape[-1] // 32 * 34)
             dense = torch.from_numpy(gguf.quants.dequantize(rows, Q.Q8_0).astype(np.float32)).reshape(shape)
         else:
-            raw = torch.from_numpy(raw_np)
-            esize = torch.empty((), dtype=DENSE_TYPES[t.tensor_type]).element_size()
-            if raw.numel() != math.prod(shape) * esize:
-                raise BonsaiFormatError(
-                    f, key, f"holds {raw.numel()} bytes, {t.tensor_type.name} {list(shape)} needs {math.prod(shape) * esize}"
-                )
-            dense = raw.view(DENSE_TYPES[t.tensor_type]).reshape(shape)
+            dense = torch.from_numpy(raw_np).view(DENSE_TYPES[Q(t.type_id)]).reshape(shape)
         return check_dense_values(dense, f, key)
 
     meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="gguf", source_repo=_field_str(reader, "general.source.repo_url"))
@@ -133,7 +174,7 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
         path=f,
         meta=meta,
         packed_shapes=q_shapes,
-        dense_shapes={k: (DENSE_TYPES[tensors[k].tensor_type], tuple(s)) for k, s in d_shapes.items()},
+        dense_shapes={k: (DENSE_TYPES[Q(tensors[k].type_id)], tuple(s)) for k, s in d_shapes.items()},
         load_packed=load_packed,
         load_dense=load_dense,
         bytes_on_disk=f.stat().st_size,
@@ -141,7 +182,7 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
     )
 
 
-def _field_str(reader: gguf.GGUFReader, key: str) -> str:
+def _field_str(reader: TensorIndex, key: str) -> str:
     field = reader.fields.get(key)
     if field is None or not field.data:
         return ""

@@ -61,7 +61,7 @@ FORMATS: dict[str, Format] = {
                ".mlx:read_mlx", ".mlx:write_mlx", False),
         Format("unpacked", "transformer/diffusion_pytorch_model.safetensors, dense bf16 (unpacked releases)", _BOTH,
                ".unpacked:read_unpacked", ".unpacked:write_unpacked", False),
-        Format("gguf", "one .gguf, block linears as Q1_0 (community conversion; binary only)", ("binary",),
+        Format("gguf", "one .gguf, block linears as ggml Q1_0 (binary) or a ternary block type (community conversions; written as Q1_0 only)", ("binary",),
                ".gguf:read_gguf", ".gguf:write_gguf", True),
     )
 }  # fmt: skip
