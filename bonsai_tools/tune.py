@@ -14,11 +14,11 @@ import argparse
 import json
 import sys
 
-import kernels
 from bonsai_core import dispatch
 from bonsai_core.dispatch import tune
 from bonsai_core.dispatch.table import get_table
 from bonsai_core.packing import VARIANT_BITS
+from bonsai_image import kernels
 
 _DTYPES = ("bfloat16", "float16", "float32")
 

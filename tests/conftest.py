@@ -17,6 +17,12 @@ from harness.fixtures import comfy_models, comfyui, module_models, shared_models
 from harness.locate import find_comfyui
 from harness.status import ComfyStatus
 
+from bonsai_tools.pack_import import isolate_pack
+
+# The repository is on sys.path (pythonpath "."): its kernels/ is imported as bonsai_image.kernels, and the
+# top-level "kernels" stays Hugging Face's package, which transformers imports (bonsai_tools.pack_import).
+isolate_pack()
+
 # pytest may import the repository root's __init__.py (the pack's entry point, which imports comfy_api when it
 # can) before any fixture runs. Where ComfyUI is importable already (on PYTHONPATH), its arguments must be
 # parsed (--cpu) before that; otherwise nothing of ComfyUI is imported until a test asks for the comfyui

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-import kernels
 from bonsai_core import dispatch
 from bonsai_core.atomic import atomic_path
 from bonsai_core.dispatch import lowbit_linear, select_backend, unavailable_reason
@@ -32,6 +31,7 @@ from bonsai_core.dispatch.cache import device_tag
 from bonsai_core.dispatch.tune import klein_linear_shapes, time_samples
 from bonsai_core.klein import GROUP_SIZE, KLEIN_4B, diffusers_quantized_linears
 from bonsai_core.packing import VARIANT_BITS, PackedWeight, dequantize, pack_codes
+from bonsai_image import kernels
 
 log = logging.getLogger(__name__)
 dispatch.register_backends(kernels.BACKENDS)  # the runtime never imports kernels: tooling hands them over

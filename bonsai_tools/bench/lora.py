@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..pack_import import PACK_PACKAGE
 from .model import setup_comfy, synthetic_state_dict
 from .model_timing import env_info
 
 log = logging.getLogger(__name__)
 
-PKG = "bonsai_image"
+PKG = PACK_PACKAGE  # the bare package bonsai_tools.pack_import registers over the repository
 
 
 def _timer(device: Any) -> tuple[Any, Any]:

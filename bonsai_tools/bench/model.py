@@ -35,13 +35,14 @@ from typing import Any
 
 from bonsai_core.klein import GROUP_SIZE
 
+from ..pack_import import PACK_PACKAGE, isolate_pack
 from .model_timing import cosine, env_info, euler_latents, time_step
 from .summary import step_rows, write_summary
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-PKG = "bonsai_image"
+PKG = PACK_PACKAGE
 DEFAULT_BACKENDS = ("auto", "fp8", "fp8_rowwise", "fp8_rowwise_resident")
 
 
@@ -66,13 +67,9 @@ def setup_comfy(comfy_path: str | None) -> types.ModuleType:
 
     if not torch.cuda.is_available():
         comfy_args.cpu = True  # CPU smoke tests: model_management must not probe CUDA
-    if PKG not in sys.modules:
-        # a bare package object over the repo: the pack's root __init__ (node registration,
-        # comfy_api) is not needed to build a model, only nodes/ops.py and bonsai_core
-        pkg = types.ModuleType(PKG)
-        pkg.__path__ = [str(REPO)]
-        pkg.__file__ = str(REPO / "__init__.py")
-        sys.modules[PKG] = pkg
+    # a bare package over the repo (bonsai_tools.pack_import): the pack's root __init__ (node registration,
+    # comfy_api) is not needed to build a model, only nodes/ops.py and bonsai_core
+    isolate_pack()
     return importlib.import_module(f"{PKG}.nodes.ops")
 
 

@@ -19,8 +19,8 @@ def linear_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from bonsai_core.klein import KLEIN_4B, bfl_quantized_layers, diffusers_quantized_linears
     from bonsai_core.packing import PackedWeight, dequantize
     from bonsai_core.packing import pack_codes as core_pack
-    from kernels import fp8_blockwise as fp
-    from kernels import triton_dequant as td
+    from bonsai_image.kernels import fp8_blockwise as fp
+    from bonsai_image.kernels import triton_dequant as td
 
     device = torch.device("cuda")
     fused = diffusers_quantized_linears(KLEIN_4B)

@@ -2,7 +2,7 @@
 
 pytest (prepend import mode) puts each test folder on ``sys.path`` and imports test files by their
 bare name, and ``pythonpath = [".", "tests"]`` adds the repository and ``tests/``. So a test folder
-named like a package (``tests/kernels``, ``tests/nodes``) must never be what ``import kernels`` finds,
+named like a package (``tests/kernels``, ``tests/nodes``) must never be what an import finds,
 and two test files with one name in different folders would clash."""
 
 from __future__ import annotations
@@ -18,10 +18,21 @@ from harness.locate import REPO
 TESTS = REPO / "tests"
 
 
-def test_import_kernels_is_the_repository_package() -> None:
-    spec = importlib.util.find_spec("kernels")
-    assert spec is not None and spec.origin is not None, "kernels is not importable from the tests"
-    assert Path(spec.origin).resolve() == (REPO / "kernels" / "__init__.py").resolve(), spec.origin
+def test_the_pack_kernels_are_bonsai_image_kernels() -> None:
+    from bonsai_image import kernels
+
+    assert Path(kernels.__file__).resolve() == (REPO / "kernels" / "__init__.py").resolve(), kernels.__file__
+
+
+def test_top_level_kernels_is_never_the_repository_folder() -> None:
+    # transformers imports Hugging Face's "kernels" package; the repository (on sys.path) must not shadow it.
+    try:
+        spec = importlib.util.find_spec("kernels")
+    except ModuleNotFoundError:
+        spec = None  # Hugging Face's package is not installed here
+    places = [] if spec is None else [spec.origin, *(spec.submodule_search_locations or [])]
+    inside = [p for p in places if p and Path(p).resolve().is_relative_to(REPO)]
+    assert not inside, f"'import kernels' would find {inside}"
 
 
 def test_test_folders_are_not_packages() -> None:

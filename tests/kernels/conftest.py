@@ -3,7 +3,7 @@ way the ComfyUI nodes do: the consumer registers the backends (bonsai_core never
 
 from __future__ import annotations
 
-import kernels
 from bonsai_core import dispatch
+from bonsai_image import kernels
 
 dispatch.register_backends(kernels.BACKENDS)

@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 _INTERP_SCRIPT = textwrap.dedent(
     """
+    from bonsai_tools.pack_import import isolate_pack
+    isolate_pack()  # the pack's kernels/ as bonsai_image.kernels
     import torch
-    from kernels import fp8_blockwise as fp
+    from bonsai_image.kernels import fp8_blockwise as fp
     from bonsai_core.packing import PackedWeight, dequantize, pack_codes
     g = torch.Generator().manual_seed(2)
     for bits in (1, 2):
@@ -60,7 +62,7 @@ def test_fp8_variants_in_triton_interpreter() -> None:
 
 def test_fp8_is_not_picked_by_plain_auto() -> None:
     from bonsai_core.dispatch import registry, rules
-    from kernels.fp8_blockwise import FP8BlockwiseBackend
+    from bonsai_image.kernels.fp8_blockwise import FP8BlockwiseBackend
 
     assert FP8BlockwiseBackend.exact is False and not registry.is_exact(rules.FP8_BACKEND)
     assert rules.FP8_BACKEND not in rules.PREFERENCE
@@ -77,7 +79,7 @@ def _layer(n: int, k: int, bits: int, dev: torch.device) -> tuple[torch.Tensor, 
 @pytest.mark.parametrize("mnk", [(1536, 3072, 3072), (333, 27648, 3072), (4608, 3072, 12288), (64, 18432, 3072)])
 def test_fp8_variants_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
     from bonsai_core.packing import PackedWeight
-    from kernels import fp8_blockwise as fp
+    from bonsai_image.kernels import fp8_blockwise as fp
 
     m, n, k = mnk
     dev = torch.device("cuda")

@@ -30,8 +30,10 @@ needs_fp8_gpu = pytest.mark.skipif(
 
 _INTERP_SCRIPT = textwrap.dedent(
     """
+    from bonsai_tools.pack_import import isolate_pack
+    isolate_pack()  # the pack's kernels/ as bonsai_image.kernels
     import torch
-    from kernels import fp8_rowwise as fr
+    from bonsai_image.kernels import fp8_rowwise as fr
     from bonsai_core.packing import PackedWeight, pack_codes
     g = torch.Generator().manual_seed(3)
     for bits in (1, 2):
@@ -70,8 +72,8 @@ def test_fp8_rowwise_in_triton_interpreter() -> None:
 
 
 def test_fp8_rowwise_is_registered_and_inexact() -> None:
-    import kernels
-    from kernels.fp8_rowwise import FP8RowwiseBackend, FP8RowwiseResidentBackend
+    from bonsai_image import kernels
+    from bonsai_image.kernels.fp8_rowwise import FP8RowwiseBackend, FP8RowwiseResidentBackend
 
     assert "fp8_rowwise" in kernels.BACKENDS and "fp8_rowwise_resident" in kernels.BACKENDS
     # never picked by plain ``auto`` (exact only)
@@ -89,7 +91,7 @@ def _weight(n: int, k: int, bits: int, dev: torch.device) -> PackedWeight:
 @pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("mnk", [(1536, 3072, 3072), (333, 27648, 3072), (4608, 3072, 9216), (64, 18432, 3072)])
 def test_fp8_rowwise_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
-    from kernels import fp8_rowwise as fr
+    from bonsai_image.kernels import fp8_rowwise as fr
 
     m, n, k = mnk
     dev = torch.device("cuda")
@@ -123,8 +125,8 @@ def test_fp8_rowwise_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
 @pytest.mark.gpu
 @needs_fp8_gpu
 def test_fp8_rowwise_through_dispatch() -> None:
-    import kernels
     from bonsai_core import dispatch
+    from bonsai_image import kernels
 
     dispatch.register_backends(kernels.BACKENDS)
     dev = torch.device("cuda")

@@ -11,13 +11,13 @@ import pytest
 import torch
 from lowbit_helpers import TOL, assert_close_to_reference, random_packed
 
-import kernels
 from bonsai_core import dispatch
 from bonsai_core.dispatch import lowbit_linear, rules, select_backend
 from bonsai_core.dispatch.cache import cache_dir
 from bonsai_core.dispatch.registry import forget_availability
 from bonsai_core.dispatch.table import TABLE_VERSION, device_tag, entry_key
 from bonsai_core.packing import PackedWeight
+from bonsai_image import kernels
 
 CPU = torch.device("cpu")
 
@@ -149,7 +149,7 @@ def test_corrupt_rules_file_and_table_are_ignored(caplog: pytest.LogCaptureFixtu
 
 def test_importing_backends_without_optional_packages_never_fails() -> None:
     # gemlite is not installed here (CPU CI); the module must still import and report why.
-    from kernels import gemlite_backend  # noqa: F401
+    from bonsai_image.kernels import gemlite_backend  # noqa: F401
 
     reason = dispatch.unavailable_reason("gemlite", CPU, torch.float16, 1)
     assert reason is not None and "CUDA" in reason

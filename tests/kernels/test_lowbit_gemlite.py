@@ -37,7 +37,7 @@ def test_bit_exact_on_integer_inputs(variant: str, k: int, n: int) -> None:
     """Small integer activations and power-of-two scales make every product and partial sum
     exact in fp32, so gemlite's fp32 output must equal the dequantized reference bit for bit,
     for every kernel kind (GEMV, split-K, GEMM): any packing/sign/zero error shows up here."""
-    from kernels.gemlite_backend import build_gemlite_layer
+    from bonsai_image.kernels.gemlite_backend import build_gemlite_layer
 
     bits = VARIANTS[variant]
     codes, _ = random_packed(n, k, bits, seed=k + n, device=CUDA)
@@ -120,7 +120,7 @@ def test_layer_equals_what_gemlites_own_pack_writes(variant: str) -> None:
     import gemlite
 
     from bonsai_core.packing import unpack_codes
-    from kernels.gemlite_backend import _layer_kwargs, build_gemlite_layer
+    from bonsai_image.kernels.gemlite_backend import _layer_kwargs, build_gemlite_layer
 
     bits = VARIANTS[variant]
     codes, scales = random_packed(384, 512, bits, seed=21, device=CUDA)
@@ -142,7 +142,7 @@ _CHILD = textwrap.dedent(
     """
     import logging, sys, time, torch
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
-    import kernels
+    from bonsai_image import kernels
     from bonsai_core import dispatch
     from bonsai_core.dispatch import lowbit_linear
     from bonsai_core.packing import PackedWeight, pack_codes

@@ -29,7 +29,7 @@ def test_cache_root_env_override_and_platform_default(monkeypatch: pytest.Monkey
 
 def test_gemlite_table_is_per_gemlite_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # the backend keeps its table in the folder its kernel context names, one file per gemlite version
-    from kernels import gemlite_backend as gb
+    from bonsai_image.kernels import gemlite_backend as gb
 
     dev = torch.device("cuda")
     monkeypatch.setattr(gb, "gemlite_version", lambda: "0.5.1.post1")

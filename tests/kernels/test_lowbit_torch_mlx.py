@@ -70,7 +70,7 @@ class TestMLX:
 
         codes, scales = random_packed(16, 256, 1, seed=3)
         w = get_backend("mlx").matmul  # noqa: F841  (backend import side effects only)
-        from kernels.mlx_backend import mlx_affine, mlx_packed
+        from bonsai_image.kernels.mlx_backend import mlx_affine, mlx_packed
 
         packed = mlx_packed(codes)
         s, b = mlx_affine(PackedWeight(codes, scales, 1), torch.float32)

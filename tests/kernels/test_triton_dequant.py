@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 _INTERP_SCRIPT = textwrap.dedent(
     """
+    from bonsai_tools.pack_import import isolate_pack
+    isolate_pack()  # the pack's kernels/ as bonsai_image.kernels
     import torch
-    import kernels
-    from kernels import triton_dequant as td
+    from bonsai_image import kernels
+    from bonsai_image.kernels import triton_dequant as td
     from bonsai_core import dispatch
     from bonsai_core.dispatch import lowbit_linear
     from bonsai_core.packing import PackedWeight, dequantize, pack_codes
@@ -59,8 +61,8 @@ def test_fused_dequant_bit_exact_in_triton_interpreter() -> None:
 
 
 def test_backend_refuses_cpu_without_interpreter() -> None:
-    from kernels.base import BackendUnavailable
-    from kernels.triton_dequant import TritonDequantBackend
+    from bonsai_image.kernels.base import BackendUnavailable
+    from bonsai_image.kernels.triton_dequant import TritonDequantBackend
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         pytest.skip("TRITON_INTERPRET is set in this process")
@@ -69,7 +71,7 @@ def test_backend_refuses_cpu_without_interpreter() -> None:
 
 
 def test_scratch_is_shared_and_grows_to_the_largest_layer() -> None:
-    from kernels.triton_dequant import Scratch
+    from bonsai_image.kernels.triton_dequant import Scratch
 
     s = Scratch()
     a = s.get(torch.device("cpu"), torch.bfloat16, (4, 8))
@@ -86,7 +88,7 @@ def test_scratch_is_shared_and_grows_to_the_largest_layer() -> None:
 def test_fused_dequant_bit_exact_on_gpu(bits: int, shape: tuple[int, int]) -> None:
     from bonsai_core.dispatch import lowbit_linear
     from bonsai_core.packing import PackedWeight
-    from kernels import triton_dequant as td
+    from bonsai_image.kernels import triton_dequant as td
 
     n, k = shape
     dev = torch.device("cuda")
