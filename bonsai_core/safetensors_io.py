@@ -25,6 +25,7 @@ import torch
 from .atomic import atomic_path
 from .bounded import loads_strict, open_regular
 from .errors import BonsaiFormatError
+from .tensor_bounds import check_tensor
 
 _DTYPE_TO_ST = {
     torch.float64: "F64",
@@ -276,7 +277,7 @@ class SafetensorsReader:
             raise
         except (OSError, ValueError) as err:  # closed, or shrunk since the header was read
             raise BonsaiFormatError(self.path, name, f"cannot read tensor data: {err}") from err
-        return flat.view(dtype).reshape(e["shape"])
+        return check_tensor(self.path, name, flat.view(dtype).reshape(e["shape"]))
 
     def _mapped(self) -> _mmap.mmap:
         with self._lock:

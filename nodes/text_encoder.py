@@ -21,18 +21,15 @@ from typing import Any
 
 import comfy.sd
 import comfy.text_encoders.flux
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..bonsai_core.bounded import plain_file_name, read_json_object
+from ..bonsai_core.bounded import read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
-from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.te_formats import (
     HQQ_FILE,
-    expected_dense_shapes,
-    expected_linear_shapes,
     find_tokenizer_dir,
+    read_dense_te,
     read_te,
     te_layout,
 )
@@ -152,42 +149,13 @@ def dense_te_folder(folder: Path) -> Path | None:
 def load_dense_clip(te_dir: Path) -> comfy.sd.CLIP:
     """A bf16 HF ``Qwen3ForCausalLM`` folder (one file or index + shards) as the stock Klein CLIP.
 
-    The shards are checked (truncation, every expected tensor and shape, named on failure) and then
-    handed to :func:`build_clip` with ComfyUI's stock dense operations.
+    :func:`bonsai_core.te_formats.read_dense_te` checks it as strictly as the packed layouts (each
+    shard opened once, exact key set, no key in two shards, every value finite, named on failure);
+    the weights then go to :func:`build_clip` with ComfyUI's stock dense operations.
     """
-    cfg_path = te_dir / "config.json"
-    config = read_json_object(cfg_path)  # bounded; BonsaiFormatError names the file
-    assert config is not None
-    index = te_dir / _ST_INDEX
-    if index.is_file():
-        weight_map = (read_json_object(index) or {}).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise BonsaiFormatError(index, "weight_map", "the shard index has no weight_map object")
-        shards = {plain_file_name(index, f, k) for k, f in weight_map.items()}  # names next to the index, never paths
-        files = sorted(te_dir / f for f in shards)
-    else:
-        files = sorted(te_dir.glob("*.safetensors"))
-    where: dict[str, tuple[Path, tuple[int, ...]]] = {}
-    for f in files:
-        if not f.is_file():
-            raise BonsaiFormatError(f, None, "shard listed in the index is missing (incomplete download?)")
-        entries, _meta = read_header(f)  # clear errors for truncated or corrupt shards
-        where.update({k: (f, tuple(e["shape"])) for k, e in entries.items()})
-    try:
-        expected = {**expected_dense_shapes(config), **expected_linear_shapes(config)}
-    except (KeyError, TypeError) as e:
-        raise BonsaiFormatError(cfg_path, None, f"not a Qwen3 config (missing {e})") from e
-    for key, shape in expected.items():
-        if key not in where:
-            raise BonsaiFormatError(files[0] if files else te_dir, key, "tensor is missing from the text encoder")
-        if where[key][1] != shape:
-            raise BonsaiFormatError(where[key][0], key, f"shape {list(where[key][1])}, expected {list(shape)}")
-    sd: dict[str, Any] = {}
-    for f in files:
-        sd.update(comfy.utils.load_torch_file(str(f), safe_load=True))
-    sd = {k: v for k, v in sd.items() if not k.startswith("lm_head.")}  # klein_te uses hidden states, never the head
+    config, sd = read_dense_te(te_dir)
     dtype = sd["model.norm.weight"].dtype
-    log.info("Bonsai TE: dense %s text encoder from %s (%d shards)", dtype, te_dir, len(files))
+    log.info("Bonsai TE: dense %s text encoder from %s", dtype, te_dir)
     return build_clip(config, sd, operations=None, dtype=dtype)
 
 

@@ -53,16 +53,22 @@ class _Shards:
             wm = idx.get("weight_map")
             if not isinstance(wm, dict):
                 raise BonsaiFormatError(path, None, "no 'weight_map' in the shard index")
+            # every value a plain file name first (a list or a path is one error, never a TypeError)
+            wm = {key: plain_file_name(path, shard, key) for key, shard in wm.items()}
             if len(set(wm.values())) > MAX_SHARDS:
                 raise BonsaiFormatError(path, "weight_map", f"lists more than {MAX_SHARDS} shard files")
             opened: dict[str, SafetensorsReader] = {}
             for key, shard in wm.items():
-                shard = plain_file_name(path, shard, key)  # never a path out of the pack folder
                 if shard not in opened:
                     opened[shard] = SafetensorsReader(path.parent / shard, mmap=False)
                 if key not in opened[shard]:
                     raise BonsaiFormatError(path.parent / shard, key, "listed in the shard index but not in the shard")
                 self.readers[key] = opened[shard]
+            for shard, r in opened.items():  # exact key set: nothing in a shard the index places elsewhere
+                for key in r.keys():
+                    if wm.get(key) != shard:
+                        placed = f"places it in {wm[key]}" if key in wm else "does not list it"
+                        raise BonsaiFormatError(r.path, key, f"is in this shard but {path.name} {placed}")
             self.files = list(opened.values())
         else:
             r = reader if reader is not None else SafetensorsReader(path, mmap=False)

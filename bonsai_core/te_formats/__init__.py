@@ -8,7 +8,8 @@ Two layouts ship (docs/FORMAT.md, "Text encoder"):
   ``W = scales * q + biases`` -- :mod:`.mlx`.
 
 Both become :class:`Packed4Bit` codes plus dense tensors under HF ``Qwen3ForCausalLM`` names
-(:mod:`.packed`, the one home of the two dequantization formulas); :mod:`.config` bounds the
+(:mod:`.packed`, the one home of the two dequantization formulas); the unpacked releases' dense
+bf16 ``text_encoder/`` is read and checked by :mod:`.dense`; :mod:`.config` bounds the
 geometry a ``config.json`` may declare and lists the tensors it implies; :mod:`.folders` finds
 the TE inside a snapshot. Writers for both layouts (test fixtures) live in ``bonsai_tools``.
 """
@@ -16,6 +17,7 @@ the TE inside a snapshot. Writers for both layouts (test fixtures) live in ``bon
 from __future__ import annotations
 
 from .config import LAYER_NORMS, LINEARS, check_inventory, expected_dense_shapes, expected_linear_shapes, head_dim, read_config, rope_theta
+from .dense import read_dense_te
 from .folders import TE_FOLDER_NAMES, find_tokenizer_dir, read_te, resolve_te_folder, te_layout
 from .hqq import HQQ_FILE, codes_to_hqq_packed, hqq_unpack_to_codes, read_hqq
 from .mlx import MLX_FILE, read_te_mlx
@@ -42,6 +44,7 @@ __all__ = [
     "hqq_unpack_to_codes",
     "pack_nibbles",
     "read_config",
+    "read_dense_te",
     "read_hqq",
     "read_te",
     "read_te_mlx",

@@ -19,7 +19,7 @@ import torch
 from ..errors import BonsaiFormatError
 from ..packing import check_dense_values
 from ..torch_archive import load_archive
-from .config import check_complete, read_config
+from .config import check_complete, check_inventory, read_config
 from .packed import Packed4Bit, TEWeights, check_te_values, pack_nibbles, unpack_nibbles
 
 HQQ_FILE = "qmodel.pt"
@@ -64,6 +64,16 @@ def _flag(entry: dict[str, Any], key: str, file: Path, name: str) -> bool:
     raise BonsaiFormatError(file, name, f"HQQ setting {key!r} is {str(v)[:40]}, expected true or false")
 
 
+def _hqq_shape(entry: dict[str, Any], file: Path, name: str) -> tuple[int, int]:
+    """The logical ``[N, K]`` an HQQ entry declares (its ``shape`` metadata), read without touching weights."""
+    shape = entry.get("shape")
+    if isinstance(shape, torch.Tensor) and shape.numel() == 2 and not shape.is_floating_point():
+        shape = tuple(int(x) for x in shape.tolist())
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(type(x) is int and 0 < x <= MAX_DIM for x in shape):
+        raise BonsaiFormatError(file, name, f"HQQ shape {str(shape)[:80]} is not two positive integers up to {MAX_DIM}")
+    return shape[0], shape[1]
+
+
 def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
     packing = _meta_str(entry.get("packing"))
     nbits, axis, gs = (_meta_int(entry.get(k)) for k in ("nbits", "axis", "group_size"))
@@ -73,12 +83,7 @@ def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
         raise BonsaiFormatError(file, name, f"HQQ axis={str(axis)[:20]}; only axis=1 (groups along in_features) is supported")
     if _flag(entry, "quant_scale", file, name) or _flag(entry, "quant_zero", file, name):
         raise BonsaiFormatError(file, name, "quantized HQQ scales/zeros are not supported")
-    shape = entry.get("shape")
-    if isinstance(shape, torch.Tensor) and shape.numel() == 2 and not shape.is_floating_point():
-        shape = tuple(int(x) for x in shape.tolist())
-    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(type(x) is int and 0 < x <= MAX_DIM for x in shape):
-        raise BonsaiFormatError(file, name, f"HQQ shape {str(shape)[:80]} is not two positive integers up to {MAX_DIM}")
-    n, k = shape
+    n, k = _hqq_shape(entry, file, name)
     if type(gs) is not int or gs <= 0 or k % gs or (n * k // gs) % 2:
         raise BonsaiFormatError(file, name, f"group size {gs!r} does not divide shape [{n}, {k}] into an even number of groups")
     w_q = entry.get("W_q")
@@ -126,23 +131,36 @@ def read_hqq(folder: str | os.PathLike[str]) -> TEWeights:
         raise BonsaiFormatError(file, None, f"expected a dict of module state dicts, got {type(raw).__name__}")
     # key prefix: Qwen3ForCausalLM names leaves "model.layers.N...", Qwen3Model "layers.N..."
     prefix = "" if any(str(k).startswith("model.layers.") for k in raw) else "model."
-    te = TEWeights(config=config, packed={}, dense={}, layout="hqq", path=folder)
+    # 1) what each entry declares (HQQ shape metadata, dense shapes), checked against config.json
+    #    before any weight is read or repacked
+    linears: list[tuple[str, dict[str, Any]]] = []
+    dense: list[tuple[str, torch.Tensor]] = []
+    lm_head = "absent"
     for module, entry in raw.items():
         if not isinstance(entry, dict):
             raise BonsaiFormatError(file, str(module)[:200], f"expected a module state dict, got {type(entry).__name__}")
         module = str(module)
         if module == "lm_head" or module.endswith(".lm_head"):
             # Qwen3-4B ties lm_head to the embedding; the text encoder never computes logits
-            te.lm_head = "tied"
+            lm_head = "tied"
             continue
         name = prefix + module
         if "W_q" in entry:
-            te.packed[name + ".weight"] = check_te_values(_hqq_linear(entry, file, name), file, name + ".weight")
+            linears.append((name, entry))
             continue
         for k, v in entry.items():
             if not isinstance(v, torch.Tensor):
                 raise BonsaiFormatError(file, f"{name}.{k}", f"expected a tensor, got {type(v).__name__}")
-            # a copy, not a view: a view would keep the whole memory-mapped qmodel.pt alive
-            te.dense[f"{name}.{k}"] = check_dense_values(v.detach().clone(), file, f"{name}.{k}")
+            dense.append((f"{name}.{k}", v))
+    check_inventory(
+        config, file, {name + ".weight": _hqq_shape(entry, file, name) for name, entry in linears}, {k: tuple(v.shape) for k, v in dense}
+    )
+    # 2) the data, one tensor at a time, values checked as read
+    te = TEWeights(config=config, packed={}, dense={}, layout="hqq", path=folder, lm_head=lm_head)
+    for name, entry in linears:
+        te.packed[name + ".weight"] = check_te_values(_hqq_linear(entry, file, name), file, name + ".weight")
+    for key, v in dense:
+        # a copy, not a view: a view would keep the whole memory-mapped qmodel.pt alive
+        te.dense[key] = check_dense_values(v.detach().clone(), file, key)
     check_complete(te, file)
     return te

@@ -27,21 +27,23 @@ MLX_FILE = "model.safetensors"
 MAX_SHARDS = 64
 
 
-def _mlx_files(folder: Path) -> list[Path]:
+def _mlx_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The weight files, and the index's key -> shard name (None for a single file)."""
     index = folder / (MLX_FILE + ".index.json")
     single = folder / MLX_FILE
     if single.is_file():
-        return [single]
+        return [single], None
     if index.is_file():
         idx = read_json_object(index)
         assert idx is not None
         weight_map = idx.get("weight_map")
         if not isinstance(weight_map, dict):
             raise BonsaiFormatError(index, "weight_map", "corrupt safetensors index: no 'weight_map' object")
-        shards = sorted({plain_file_name(index, f, k) for k, f in weight_map.items()})
+        placed = {k: plain_file_name(index, f, k) for k, f in weight_map.items()}
+        shards = sorted(set(placed.values()))
         if len(shards) > MAX_SHARDS:
             raise BonsaiFormatError(index, "weight_map", f"lists more than {MAX_SHARDS} shard files")
-        return [folder / f for f in shards]
+        return [folder / f for f in shards], placed
     raise BonsaiFormatError(single, None, "file not found")
 
 
@@ -91,11 +93,19 @@ def read_te_mlx(folder: str | os.PathLike[str]) -> TEWeights:
     packed_shapes: dict[str, tuple[int, ...]] = {}
     dense_shapes: dict[str, tuple[int, ...]] = {}
     lm_head = "absent"
-    for file in _mlx_files(folder):
+    files, placed = _mlx_files(folder)
+    where: dict[str, Path] = {}  # HF name -> the shard holding it: a tensor is in exactly one place
+    for file in files:
         reader = SafetensorsReader(file)
         keys = set(reader.keys())
         for key in sorted(keys):
             name = _hf_name(key)
+            if name in where:
+                raise BonsaiFormatError(file, key, f"is also in {where[name].name} (as {name}): a tensor present in two places")
+            where[name] = file
+            if placed is not None and placed.get(key) != file.name:
+                said = f"places it in {placed[key]}" if key in placed else "does not list it"
+                raise BonsaiFormatError(file, key, f"is in this shard but {MLX_FILE}.index.json {said}")
             if name.startswith("lm_head"):
                 lm_head = "tied"
                 continue
