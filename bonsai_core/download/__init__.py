@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import stat
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..escape import escaping_logger
 from .errors import CORRUPT, DROPPED, UNSAFE_NAME, DownloadError, classify, describe, not_enough_space
 from .hub_names import (
     AUTO_RELEASE,
@@ -40,7 +40,7 @@ from .hub_names import (
 )
 from .models_dir import resolve_models_location
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0  # no answer for this long = a stalled Hub (huggingface_hub's body reads use HF_HUB_DOWNLOAD_TIMEOUT)
 RESUMES = 3  # a dropped connection is resumed this many times per file before the download fails
@@ -163,17 +163,41 @@ def local_path(target: Path, rel: str) -> Path:
 
 
 def _read_manifest(target: Path) -> dict[str, Any]:
+    """The downloader's own record, read like any untrusted file: a regular file (not a link, FIFO or
+    device), at most ``MAX_JSON_BYTES``, strict JSON. Anything else is one warning and no record: every
+    file is then verified again and the record is rewritten (the rename replaces whatever was there)."""
+    from ..bounded import MAX_JSON_BYTES, loads_strict, read_bounded
+    from ..errors import BonsaiFormatError
+
+    path = target / MANIFEST
     try:
-        data = json.loads((target / MANIFEST).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return {}
+    except OSError as e:
+        log.warning("%s: cannot be read (%s); verifying every file again", path, e.strerror or e)
+        return {}
+    try:
+        if stat.S_ISLNK(mode):
+            raise BonsaiFormatError(path, None, "is a symbolic link; the downloader writes only regular files")
+        data = loads_strict(read_bounded(path, MAX_JSON_BYTES), path)
+    except BonsaiFormatError as e:
+        log.warning("%s; verifying every file again", e)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _write_manifest(target: Path, data: dict[str, Any]) -> None:
     from ..atomic import atomic_path
 
-    with atomic_path(target / MANIFEST) as tmp:
+    path = target / MANIFEST
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        path.unlink()  # a link, FIFO or device in place of the downloader's own record: the link goes, never its target
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
