@@ -14,6 +14,7 @@ import sys
 
 from .atomic import exit_on_termination
 from .errors import BonsaiFormatError
+from .escape import escaping_logger
 
 # command name -> module (relative to this package) that registers it
 COMMANDS: dict[str, str] = {
@@ -62,7 +63,7 @@ def run_commands(argv: list[str], *, commands: dict[str, str], package: str, pro
         with exit_on_termination():
             return int(args.func(args) or 0)
     except BonsaiFormatError as e:
-        logging.getLogger(package).error("%s", e)
+        escaping_logger(package).error("%s", e)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .escape import escape_name
 from .formats.registry import FORMAT_NAMES
 from .packing import VARIANT_BITS
 
@@ -20,8 +21,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     cfg = info.pop("transformer_config")
     for k, v in info.items():
-        print(f"{k:18} {v}")
-    print("transformer_config " + ", ".join(f"{k}={v}" for k, v in cfg.items()))  # type: ignore[union-attr]
+        print(f"{escape_name(k):18} {escape_name(v)}")  # names and metadata come from the file
+    print("transformer_config " + ", ".join(f"{escape_name(k)}={escape_name(v)}" for k, v in cfg.items()))  # type: ignore[union-attr]
     return 0
 
 
@@ -29,14 +30,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
     out = convert(args.src, args.dst, args.to, args.variant)
-    print(out)
+    print(escape_name(out))
     return 0
 
 
 def cmd_dequantize(args: argparse.Namespace) -> int:
     from .convert import dequantize_checkpoint
 
-    print(dequantize_checkpoint(args.src, args.dst, args.variant))
+    print(escape_name(dequantize_checkpoint(args.src, args.dst, args.variant)))
     return 0
 
 

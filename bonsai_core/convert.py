@@ -3,7 +3,6 @@ ComfyUI/BFL key names). Both stream one layer at a time and write atomically."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import torch
 from .atomic import check_output_path
 from .checkpoint import BonsaiCheckpoint
 from .errors import BonsaiFormatError
+from .escape import escaping_logger
 from .formats.detect import open_checkpoint
 from .formats.registry import get_format
 from .safetensors_io import TensorSpec, write_safetensors
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 
 def write_checkpoint(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], fmt: str = "canonical") -> Path:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
-def _one_line(text: str) -> str:
-    """``text`` with control characters escaped: a name from a hostile file cannot break the line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+from .escape import escape_name as _one_line  # a name from a hostile file cannot break the line
 
 
 class BonsaiFormatError(ValueError):

@@ -13,7 +13,6 @@ node raises :class:`BonsaiDownloadError`, whose module is set to a short readabl
 
 from __future__ import annotations
 
-import logging
 import os
 
 import comfy.utils
@@ -34,9 +33,10 @@ from ..bonsai_core.download.hub_names import (
 )
 from ..bonsai_core.download.models_dir import BONSAI_FOLDER, ModelsLocation, resolve_models_location
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.escape import escaping_logger
 from . import folders
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 _UNIT = 1 << 10  # progress in KiB: fine-grained for small files, ints the UI handles for 3 GB
 CATEGORY = "Bonsai Image"

@@ -24,7 +24,6 @@ as itself instead of this pack's dotted module path.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -35,8 +34,9 @@ from typing import Any
 import folder_paths
 
 from ..bonsai_core.download.models_dir import BONSAI_FOLDER
+from ..bonsai_core.escape import escaping_logger
 
-log = logging.getLogger("bonsai_image.folders")
+log = escaping_logger("bonsai_image.folders")
 
 BONSAI = BONSAI_FOLDER  # models/bonsai: downloaded releases and canonical files (the downloader writes there)
 PACK_DIR = Path(__file__).resolve().parents[1].name  # this pack's folder under custom_nodes/

@@ -46,17 +46,17 @@ patches with a ``function``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.lowrank import LowRankBranch
 from .lora_factors import BonsaiLoraError, ShapeMismatch, loha_factors, lokr_factors, lora_factors
 from .ops import register_patch_resolver
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 CALLBACK_KEY = "bonsai_lora"
 # attribute on a Bonsai layer remembering which (patches_uuid, device, dtype) its branches were built for

@@ -13,7 +13,6 @@ already refuses files whose header is wrong, so the UI shows a node error, not a
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,14 @@ from ..bonsai_core import dispatch
 from ..bonsai_core.canonical import scale_key
 from ..bonsai_core.checkpoint import BonsaiCheckpoint
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.packing import PackedWeight
 from . import folders
 from .lora import install_lora_support
 from .model_sources import list_models, open_bonsai, resolve_model, source_fingerprint, validation_problem
 from .ops import BonsaiOps, bonsai_linears, make_bonsai_ops
 
-log = logging.getLogger("bonsai_image.loader")
+log = escaping_logger("bonsai_image.loader")
 
 CATEGORY = "Bonsai Image"  # every node of the pack lives in this one category
 COMPUTE_DTYPES: dict[str, torch.dtype | None] = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

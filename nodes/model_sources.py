@@ -16,7 +16,6 @@ cached the same way. Not a node module: it defines no nodes.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import folder_paths
@@ -24,10 +23,11 @@ import folder_paths
 from ..bonsai_core.canonical import is_canonical, load_canonical
 from ..bonsai_core.checkpoint import BonsaiCheckpoint
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.formats import detect
 from . import folders
 
-log = logging.getLogger("bonsai_image.loader")
+log = escaping_logger("bonsai_image.loader")
 
 DIFFUSION_FOLDER = "diffusion_models"
 SNAPSHOT_MARK = "/"  # combo entries for snapshot folders end with "/"

@@ -28,7 +28,6 @@ not a silent no-op.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +37,7 @@ import torch
 
 from ..bonsai_core import dispatch
 from ..bonsai_core.canonical import SCALE_LEAF
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.klein import GROUP_SIZE
 from ..bonsai_core.lowrank import LowRankBranch, apply_low_rank
 from ..kernels import BACKENDS
@@ -45,7 +45,7 @@ from . import lowbit_op
 
 dispatch.register_backends(BACKENDS)  # bonsai_core never imports kernels: the pack hands them over
 
-log = logging.getLogger("bonsai_image.ops")
+log = escaping_logger("bonsai_image.ops")
 
 
 # A resolver gets (layer, one entry of layer.weight_function) and returns the low-rank branches

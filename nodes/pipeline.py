@@ -11,7 +11,6 @@ CFGGuider, SamplerCustomAdvanced, VAEDecode, LoRA.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ import comfy.sd
 from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.te_formats import resolve_te_folder
 from . import folders, model_loader, model_sources, text_encoder, vae
 from .text_encoder import dense_te_folder  # with the TE node, which lists and loads the same folders
 
-log = logging.getLogger("bonsai_image.pipeline")
+log = escaping_logger("bonsai_image.pipeline")
 
 CATEGORY = "Bonsai Image"
 WHAT = "snapshot folder"

@@ -14,7 +14,6 @@ safetensors file, but a diffusers one), checked cheaply and cached per fingerpri
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from comfy_api.latest import io
 
 from ..bonsai_core.bounded import read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.escape import escape_name, escaping_logger
 from ..bonsai_core.te_formats import (
     HQQ_FILE,
     find_tokenizer_dir,
@@ -47,7 +47,7 @@ from .te_clip import (  # noqa: F401  (re-exported: tests and tools build refere
     te_state_dict,
 )
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 CATEGORY = "Bonsai Image"
 TE_KINDS = (folders.BONSAI, "text_encoders")  # labels are "<kind>/<folder relative to that root>"
@@ -95,18 +95,18 @@ def _te_config(folder: Path) -> dict[str, Any]:
     cfg = read_json_object(folder / "config.json")
     assert cfg is not None
     if "_class_name" in cfg:
-        raise ValueError(f"{folder}: a diffusers {cfg['_class_name']!r} folder, not a Qwen3 text encoder")
+        raise ValueError(f"{escape_name(folder)}: a diffusers {cfg['_class_name']!r} folder, not a Qwen3 text encoder")
     lm = cfg.get("text_config", cfg)  # some exports nest the language model config (VL-style)
     if not isinstance(lm, dict):
-        raise ValueError(f"{folder / 'config.json'}: text_config is not an object")
+        raise ValueError(f"{escape_name(folder / 'config.json')}: text_config is not an object")
     names = [str(cfg.get("model_type", "")), str(lm.get("model_type", ""))]
     archs = cfg.get("architectures")
     names += [str(a) for a in archs] if isinstance(archs, list) else []
     if not any(n.lower().startswith("qwen3") for n in names):
-        raise ValueError(f"{folder / 'config.json'}: not a Qwen3 config (model_type/architectures)")
+        raise ValueError(f"{escape_name(folder / 'config.json')}: not a Qwen3 config (model_type/architectures)")
     bad = [k for k in _QWEN3_INTS if not isinstance(lm.get(k), int) or isinstance(lm.get(k), bool)]
     if bad:
-        raise ValueError(f"{folder / 'config.json'}: lacks integer {bad[0]!r}")
+        raise ValueError(f"{escape_name(folder / 'config.json')}: lacks integer {bad[0]!r}")
     return cfg
 
 

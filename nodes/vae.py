@@ -13,7 +13,6 @@ under any name and pick it in the stock "Load VAE" node.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from comfy_api.latest import io
 
 from ..bonsai_core.bounded import read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.vae import (
     FLUX2_DOWNSCALE,
@@ -38,7 +38,7 @@ from ..bonsai_core.vae import (
 )
 from . import folders
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 CATEGORY = "Bonsai Image"
 VAE_SUBDIR = VAE_FOLDER

@@ -14,7 +14,6 @@ they are kept in ``<root>/<gpu>-<cc>-torch<ver>-triton<ver>/`` with ``<root>`` =
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -23,7 +22,9 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+from ..escape import escaping_logger
+
+log = escaping_logger(__name__)
 
 ENV_CACHE_DIR = "BONSAI_CACHE_DIR"
 DISPATCH_TABLE = "dispatch.json"

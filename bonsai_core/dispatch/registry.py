@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..escape import escaping_logger
 from .cache import cache_dir, ensure_triton_cache
 from .table import entry_key, get_table
 
-log = logging.getLogger("bonsai_core.dispatch")
+log = escaping_logger("bonsai_core.dispatch")
 
 FALLBACK = "torch"
 

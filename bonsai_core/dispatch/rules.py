@@ -33,17 +33,17 @@ backend that cannot run here falls back to ``torch`` with ONE warning per (backe
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import torch
 
+from ..escape import escaping_logger
 from .cache import dispatch_rules_path, read_json
 from .registry import FALLBACK, backend_names, is_exact, is_resident, unavailable_reason, warn_once
 from .table import entry_key, get_table
 
-log = logging.getLogger("bonsai_core.dispatch")
+log = escaping_logger("bonsai_core.dispatch")
 
 ENV_BACKEND = "BONSAI_BACKEND"
 AUTO = "auto"

@@ -16,7 +16,6 @@ backends), ``backend-fp8`` (FP8 allowed), and backend-internal ones (``dequant``
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path
+from ..escape import escaping_logger
 from .cache import DISPATCH_TABLE, cache_dir, device_tag, read_json
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 TABLE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "tuned"

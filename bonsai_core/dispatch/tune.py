@@ -8,7 +8,6 @@ cache folder, where every later process reads them. :func:`prewarm` only compile
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,12 +15,13 @@ from typing import Any
 
 import torch
 
+from ..escape import escaping_logger
 from ..klein import GROUP_SIZE, KLEIN_4B, KleinConfig, bfl_quantized_layers, diffusers_quantized_linears
 from ..packing import MAX_CODE, PackedWeight, pack_codes
 from . import registry, rules
 from .table import entry_key, get_table, m_bucket
 
-log = logging.getLogger("bonsai_core.dispatch")
+log = escaping_logger("bonsai_core.dispatch")
 
 # Token counts ComfyUI runs for Klein: 512^2 (1024 image + text tokens) and 1024^2 (4096 + text), batch 1
 DEFAULT_TUNE_M = (1536, 4608)

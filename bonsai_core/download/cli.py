@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..escape import escape_name
 from . import DEFAULT_TIMEOUT_S, DownloadError, download
 from .hub_names import AUTO_RELEASE, COMPONENTS, OWNER, RELEASES, VARIANT_BITS, repo_name, resolve_release
 from .models_dir import ModelsDirError, resolve_models_location
@@ -23,7 +24,7 @@ def _cli_progress() -> object:
         pct = int(100 * done / total) if total else 100
         if pct != state["pct"]:
             state["pct"] = pct
-            sys.stderr.write(f"\r{pct:3d}%  {done / 1e9:7.3f} / {total / 1e9:.3f} GB  {name[-60:]:<60}")
+            sys.stderr.write(f"\r{pct:3d}%  {done / 1e9:7.3f} / {total / 1e9:.3f} GB  {escape_name(name)[-60:]:<60}")
             sys.stderr.flush()
 
     return report
@@ -38,13 +39,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     try:
         where = resolve_models_location(args.models_dir)
     except ModelsDirError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {escape_name(e)}\n")
         return 2
     release = resolve_release(args.release)
     name = repo_name(args.variant, release)
     # Said before any byte is written, so a wrong ComfyUI can be stopped with Ctrl-C.
-    print(f"Downloading {OWNER}/{name} into {where.bonsai_dir / name}", flush=True)
-    print(f"  models folder: {where.describe()}", flush=True)
+    print(f"Downloading {OWNER}/{name} into {escape_name(where.bonsai_dir / name)}", flush=True)
+    print(f"  models folder: {escape_name(where.describe())}", flush=True)
     try:
         res = download(
             args.variant,
@@ -57,16 +58,16 @@ def cmd_download(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     except DownloadError as e:
-        sys.stderr.write(f"\nerror: {e}\n")
+        sys.stderr.write(f"\nerror: {escape_name(e)}\n")
         return EXIT_FAILED
     if not args.quiet:
         sys.stderr.write("\n")
     print(
         f"{res.repo_id}@{res.commit[:12]}: {len(res.files)} files verified ({res.total_bytes / 1e9:.3f} GB, "
-        f"{len(res.downloaded)} downloaded now) in {res.local_dir}"
+        f"{len(res.downloaded)} downloaded now) in {escape_name(res.local_dir)}"
     )
     if res.canonical is not None:
-        print(f"canonical transformer: {res.canonical}")
+        print(f"canonical transformer: {escape_name(res.canonical)}")
     return 0
 
 

@@ -16,13 +16,14 @@ there comes first (entries marked ``is_default`` before the others), exactly as 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from ..escape import escaping_logger
+
+log = escaping_logger(__name__)
 
 BONSAI_FOLDER = "bonsai"
 PACK_DIR = Path(os.path.abspath(__file__)).parents[2]  # <pack>/bonsai_core/download/; not resolved: a symlinked pack still sits in custom_nodes/

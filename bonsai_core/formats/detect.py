@@ -7,19 +7,19 @@ handed to the format's reader, which reads the data through it."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from ..bounded import open_regular
 from ..checkpoint import CANONICAL_MARKER, BonsaiCheckpoint
 from ..errors import BonsaiFormatError
+from ..escape import escaping_logger
 from ..safetensors_io import SafetensorsReader
 from . import gemlite, mlx, unpacked
 from .layout import check_expected_variant
 from .registry import FORMATS
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 SNAPSHOT_SUBFOLDERS = ("transformer-gemlite-int1", "transformer-gemlite-int2", mlx.FOLDER, unpacked.FOLDER)
 
