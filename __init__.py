@@ -19,8 +19,8 @@ from typing import Any
 
 log = logging.getLogger("bonsai_image")
 
-# Not node modules: helpers of the loaders (operations and their custom op, folder service, model sources, CLIP building).
-_NOT_NODE_MODULES = frozenset({"ops", "lowbit_op", "folders", "model_sources", "te_clip"})
+# Not node modules: helpers of the loaders (operations and their custom op, graph replay, folder service, model sources, CLIP building).
+_NOT_NODE_MODULES = frozenset({"ops", "lowbit_op", "graph_replay", "folders", "model_sources", "te_clip"})
 
 IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
 # Frontend extension served by ComfyUI at /extensions/<pack folder>/: the on-open notice for model

@@ -44,9 +44,9 @@ _WARPS = 8
 
 
 def _prep_kernel_src(
-    codes_ptr, scales_ptr, inv_ptr, w_ptr, x_ptr, q_ptr, s_ptr, N, M, K, codes_stride, scales_stride, w_stride, stride_xm, stride_qm,
+    codes_ptr, scales_ptr, r_ptr, w_ptr, x_ptr, q_ptr, s_ptr, N, M, K, codes_stride, scales_stride, w_stride, stride_xm, stride_qm,
     W_PROGRAMS, BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr,
 ):  # fmt: skip
     # One launch for both operands (a Triton launch costs ~20 us of CPU, and a 512² step is CPU
     # bound): the first W_PROGRAMS programs write the weight, one (row block, scale group) each;
@@ -64,8 +64,18 @@ def _prep_kernel_src(
         shifts = tl.arange(0, E) * BITS
         qw = tl.reshape((byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK, (BLOCK_N, GROUP))  # LSB-first along K
         v = qw.to(tl.float32) * STEP_V + OFFSET_V  # the weight's own code map: -1, 0 or +1
+        # The row's largest group scale, recomputed by every program of the row block (its few
+        # scales come from L2): nothing is prepared ahead or kept between calls, so the launch is
+        # safe to record in a CUDA graph and to replay after the weights moved.
+        gcols = tl.arange(0, BLOCK_G)
+        sall = tl.load(
+            scales_ptr + rows[:, None] * scales_stride + gcols[None, :], mask=rmask[:, None] & (gcols < groups)[None, :], other=0
+        )
+        smax = tl.maximum(tl.max(tl.abs(sall.to(tl.float32)), axis=1), 1e-12)
+        winv = tl.math.div_rn(448.0, smax)  # IEEE, as torch's 448 / smax in row_scales
+        if g == 0:
+            tl.store(r_ptr + rows, tl.math.div_rn(smax, 448.0), mask=rmask)  # the GEMM's per-row weight scale
         sc = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
-        winv = tl.load(inv_ptr + rows, mask=rmask, other=0.0)
         w8 = (v * (sc * winv)[:, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # |.| <= 448 by construction
         wcols = g * GROUP + tl.arange(0, GROUP)
         tl.store(w_ptr + rows[:, None] * w_stride + wcols[None, :], w8, mask=rmask[:, None])
@@ -95,9 +105,10 @@ def row_scales(weight: PackedLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prepare(
-    weight: PackedLinearWeight, inv: torch.Tensor, w_out: torch.Tensor | None, x2d: torch.Tensor
+    weight: PackedLinearWeight, w_out: torch.Tensor | None, x2d: torch.Tensor, r_out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One launch: ``w_out`` (if given, ``[N, K]`` 1-byte) gets ``e4m3(value(q) * s * inv[n])``;
+    """One launch: ``w_out`` (if given, ``[N, K]`` 1-byte) gets ``e4m3(value(q) * s * inv[n])`` and
+    ``r_out`` (fp32 ``[N]``, required with ``w_out``) the row scales ``r`` of :func:`row_scales`;
     ``x2d [M, K]`` becomes (e4m3 ``[M, K]``, fp32 ``[M, 1]`` scales ``amax / 448``)."""
     codes, scales, bits, group = weight.codes, weight.scales, weight.bits, weight.group_size
     n, k = weight.out_features, weight.in_features
@@ -106,24 +117,29 @@ def prepare(
         raise ValueError(f"fp8_rowwise: input has {x2d.shape[1]} features, the layer expects {k}")
     if w_out is not None and (w_out.shape != (n, k) or w_out.element_size() != 1):
         raise ValueError(f"fp8_rowwise: scratch {list(w_out.shape)} {w_out.dtype} does not fit a [{n}, {k}] e4m3 weight")
+    if w_out is not None and (r_out is None or r_out.shape != (n,) or r_out.dtype != torch.float32):
+        raise ValueError(f"fp8_rowwise: the weight's row scales need an fp32 [{n}] output")
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
     s = torch.empty((m, 1), dtype=torch.float32, device=x2d.device)
     w_programs = triton.cdiv(n, _W_BLOCK_N) * (k // group) if w_out is not None else 0
     w = w_out.view(torch.uint8) if w_out is not None else q.view(torch.uint8)  # unused when w_programs == 0
     step, offset = weight.code_map
+    r = r_out if r_out is not None else s  # unused when w_programs == 0
     _kernels(interpreting())[(w_programs + m,)](
-        codes, scales, inv, w, x2d, q.view(torch.uint8), s, n, m, k, codes.stride(0), scales.stride(0), w.stride(0),
+        codes, scales, r, w, x2d, q.view(torch.uint8), s, n, m, k, codes.stride(0), scales.stride(0), w.stride(0),
         x2d.stride(0), q.stride(0), w_programs,
         BITS=bits, STEP_V=float(step), OFFSET_V=float(offset), GROUP=group, BLOCK_N=_W_BLOCK_N,
-        BLOCK_K=triton.next_power_of_2(k), num_warps=_WARPS,
+        BLOCK_K=triton.next_power_of_2(k), BLOCK_G=triton.next_power_of_2(k // group), num_warps=_WARPS,
     )  # fmt: skip
     return q, s
 
 
-def quantize_weight(weight: PackedLinearWeight, inv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Write ``e4m3(value(q) * s * inv[n])`` for every weight into ``out`` (``[N, K]``, 1-byte dtype)."""
-    prepare(weight, inv, out, torch.zeros((0, weight.in_features), dtype=torch.bfloat16, device=out.device))
-    return out
+def quantize_weight(weight: PackedLinearWeight, out: torch.Tensor) -> torch.Tensor:
+    """Write ``e4m3(value(q) * s * inv[n])`` for every weight into ``out`` (``[N, K]``, 1-byte dtype);
+    returns the row scales ``r`` (fp32 ``[N]``)."""
+    r = torch.empty(weight.out_features, dtype=torch.float32, device=out.device)
+    prepare(weight, out, torch.zeros((0, weight.in_features), dtype=torch.bfloat16, device=out.device), r)
+    return r
 
 
 def reference_rowwise(x2d: torch.Tensor, weight: PackedLinearWeight) -> torch.Tensor:
@@ -171,24 +187,21 @@ class FP8RowwiseBackend(LowBitBackend):
                 f"{self.name}: needs FP8 tensor cores (compute capability >= 8.9), {torch.cuda.get_device_name(device)} has none"
             )
 
-    def _prepared(self, weight: PackedLinearWeight, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        prep = state.get("fp8_rowwise")
-        if prep is None:
-            r, inv = row_scales(weight)
-            w8 = None
-            if self.resident:
-                w8 = quantize_weight(weight, inv, torch.empty(weight.out_features, weight.in_features, dtype=torch.float8_e4m3fn, device=weight.codes.device))
-            prep = (r, inv, w8)
-            state["fp8_rowwise"] = prep
-        return prep
-
     def matmul(self, x2d: torch.Tensor, weight: PackedLinearWeight, state: dict[str, Any]) -> torch.Tensor:
-        r, inv, w8 = self._prepared(weight, state)
-        if w8 is None:
-            w8 = SCRATCH.get(x2d.device, torch.float8_e4m3fn, (weight.out_features, weight.in_features))
-            xq, sa = prepare(weight, inv, w8, x2d)
+        n, k = weight.out_features, weight.in_features
+        prep = state.get("fp8_rowwise_resident") if self.resident else None
+        if self.resident and prep is None:
+            w8 = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=weight.codes.device)
+            prep = state["fp8_rowwise_resident"] = (quantize_weight(weight, w8), w8)
+        if prep is not None:
+            r, w8 = prep
+            xq, sa = prepare(weight, None, x2d)
         else:
-            xq, sa = prepare(weight, inv, None, x2d)
+            # Stateless: the launch writes this layer's weight into the shared scratch and its row
+            # scales into a fresh [N] tensor (4 bytes per output row) next to the activations.
+            w8 = SCRATCH.get(x2d.device, torch.float8_e4m3fn, (n, k))
+            r = torch.empty(n, dtype=torch.float32, device=x2d.device)
+            xq, sa = prepare(weight, w8, x2d, r)
         return _gemm(xq, sa, w8, r, x2d.dtype)
 
 

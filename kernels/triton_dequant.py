@@ -16,6 +16,9 @@ rounded to the compute dtype first (as ``.to(dtype)`` does), and the product of 
 # real ``tl.constexpr`` objects in kernel signatures, not strings.
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
@@ -123,12 +126,33 @@ class Scratch:
 
     All layers share it because a transformer runs its linears one after another on one stream;
     the buffer is reused only after the consuming matmul was enqueued behind the same stream.
+
+    Inside :meth:`transient` (the compiled path: Inductor, CUDA-graph warm-up and capture) every
+    ``get`` is a fresh tensor that nothing keeps: a buffer grown during graph capture would live
+    in the graph's private memory pool after the capture (torch refuses that), and a buffer the
+    graph recorded must never be freed by a later growth while the graph can still replay. The
+    caching allocator (or the graph's pool) hands the same block back to the next layer.
     """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._local = threading.local()
+
+    @contextmanager
+    def transient(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+    def is_transient(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
 
     def get(self, device: torch.device, dtype: torch.dtype, shape: tuple[int, int]) -> torch.Tensor:
+        if self.is_transient():
+            return torch.empty(shape, dtype=dtype, device=device)
         key = (str(device), dtype)
         numel = shape[0] * shape[1]
         buf = self._bufs.get(key)

@@ -10,18 +10,30 @@ A custom op takes tensors and plain values only, so the calling layer is named b
 integer: :func:`register_layer` gives each layer one, and the op finds the layer's prepared
 state through a weak registry. Eager calls skip the op dispatch (it costs tens of microseconds a
 call, which matters at 512² where a step is launch-bound) and call the same function directly.
+
+Graph replay (``TorchCompileModel`` with ``cudagraphs``, or Inductor's CUDA graphs): the op's body
+runs during the graph's warm-up and capture, where every allocation comes from the graph's private
+memory pool. A tensor allocated there and kept (a grown scratch, a prepared per-layer tensor)
+outlives the capture, which torch rejects ("tensors in the cudagraph pool not tracked as outputs"),
+and a kept tensor the graph recorded by address would be read after it was freed once the model is
+unloaded and its memory reused. So the op's body keeps no tensor: the shared scratch hands out fresh
+tensors (:meth:`kernels.triton_dequant.Scratch.transient`) and the layer's state is read, and written
+only with plain values (a chosen kernel configuration), through :class:`_NoTensorState`. Tensors a
+layer prepared in eager mode are still used (they are ordinary allocations, outside any pool).
 """
 
 from __future__ import annotations
 
 import itertools
 import weakref
+from collections import ChainMap
 from typing import Any
 
 import torch
 
 from ..bonsai_core.dispatch import lowbit_linear
 from ..bonsai_core.packing import PackedWeight
+from ..kernels.triton_dequant import SCRATCH
 
 OP_NAME = "bonsai_image::lowbit_linear"
 
@@ -36,20 +48,42 @@ def register_layer(layer: Any) -> int:
     return uid
 
 
-def packed_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int) -> torch.Tensor:
+class _NoTensorState(ChainMap):  # type: ignore[type-arg]
+    """A layer's state as the compiled op sees it: reads fall through to the layer's dict; plain
+    values (kernel choices) are written through, anything holding a tensor stays in this call."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, tuple) and all(isinstance(v, (str, int, float, bool)) for v in value)
+        ):
+            self.maps[1][key] = value
+        else:
+            self.maps[0][key] = value
+
+
+def packed_linear(
+    x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int, *, keep_tensors: bool = True
+) -> torch.Tensor:
     """``x @ W.T`` for the packed ``W`` of layer ``layer_id``, reusing that layer's prepared state
     when ``codes`` / ``scales`` are its resident buffers (an offloaded layer's streamed copy gets a
-    throw-away state)."""
+    throw-away state). ``keep_tensors=False`` (the compiled op) keeps no tensor anywhere."""
     layer = _layers.get(layer_id)
-    state: dict[str, Any]
+    state: Any
     if layer is not None and layer.codes is not None and layer.codes.data_ptr() == codes.data_ptr() and layer.codes.device == codes.device:
         state = layer._resident_state(codes, scales)
     else:
         state = {}
+    if not keep_tensors:
+        state = _NoTensorState({}, state)
     weight = state.get("weight")
-    if weight is None:  # shapes were checked at load: build the weight object once per placement
+    if weight is None or weight.codes.data_ptr() != codes.data_ptr():
+        # shapes were checked at load: the weight object (views of the buffers, no allocation)
+        # is built once per placement (and per call for the compiled op's graph-input tensors)
         weight = state["weight"] = PackedWeight(codes, scales, bits)
-    return lowbit_linear(x, weight, backend=backend, state=state)
+    if keep_tensors:
+        return lowbit_linear(x, weight, backend=backend, state=state)
+    with SCRATCH.transient():
+        return lowbit_linear(x, weight, backend=backend, state=state)
 
 
 def _define() -> Any:
@@ -63,7 +97,7 @@ def _define() -> Any:
 
     @torch.library.custom_op(OP_NAME, mutates_args=())
     def _op(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int) -> torch.Tensor:
-        y = packed_linear(x, codes, scales, bits, backend, layer_id)
+        y = packed_linear(x, codes, scales, bits, backend, layer_id, keep_tensors=False)
         # a custom op's output may not alias its inputs; lowbit_linear always returns a new tensor
         return y
 

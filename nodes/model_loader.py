@@ -30,6 +30,8 @@ from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.packing import PackedWeight
 from . import folders
+from .graph_replay import CHOICES as GRAPH_REPLAY_CHOICES
+from .graph_replay import with_graph_replay
 from .lora import install_lora_support
 from .model_sources import list_models, open_bonsai, resolve_model, source_fingerprint, validation_problem
 from .ops import BonsaiOps, bonsai_linears, make_bonsai_ops
@@ -200,6 +202,17 @@ class BonsaiModelLoader(io.ComfyNode):
                     default="default",
                     tooltip="Activation dtype; default is what ComfyUI picks for this device.",
                 ),
+                io.Combo.Input(
+                    "graph_replay",
+                    options=list(GRAPH_REPLAY_CHOICES),
+                    default="off",
+                    optional=True,
+                    tooltip=(
+                        "cudagraphs: record each step's kernels once per resolution and replay them (same result, less CPU "
+                        "per step; fastest at 512²). inductor: torch.compile with generated kernels. Same as the stock "
+                        "TorchCompileModel node after this loader; the first prompt at each size pays the recording/compile."
+                    ),
+                ),
             ],
             outputs=[io.Model.Output()],
         )
@@ -214,18 +227,19 @@ class BonsaiModelLoader(io.ComfyNode):
         return True if problem is None else problem
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str, backend: str, compute_dtype: str) -> Any:
+    def fingerprint_inputs(cls, model_name: str, backend: str, compute_dtype: str, graph_replay: str = "off") -> Any:
         # A re-converted file under the same name must reload.
         try:
             fp = source_fingerprint(resolve_model(model_name))
         except (ValueError, OSError):
             return None  # execute raises the precise error
-        return (model_name, fp, backend, compute_dtype)
+        return (model_name, fp, backend, compute_dtype, graph_replay)
 
     @classmethod
-    def execute(cls, model_name: str, backend: str, compute_dtype: str) -> io.NodeOutput:
+    def execute(cls, model_name: str, backend: str, compute_dtype: str, graph_replay: str = "off") -> io.NodeOutput:
         # Resolved (and guarded) here too: a name arriving through a link never reached validate_inputs.
-        return io.NodeOutput(load_bonsai_model(resolve_model(model_name), backend, compute_dtype))
+        patcher = load_bonsai_model(resolve_model(model_name), backend, compute_dtype)
+        return io.NodeOutput(with_graph_replay(patcher, graph_replay))
 
 
 NODES: list[type[io.ComfyNode]] = [BonsaiModelLoader]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib
+import os
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,19 @@ import pytest
 from . import model_folders, probe_nodes
 from .locate import ENABLE_HINT, comfyui_version, find_comfyui, pack_link
 from .prompt_server import RecordingServer
+
+# BONSAI_TEST_COMFY_DEVICE=gpu starts the session on the GPU (ComfyUI's defaults, as main.py without
+# --cpu): the GPU-marked executor tests run through the device tool that way; every other run is --cpu.
+DEVICE_ENV = "BONSAI_TEST_COMFY_DEVICE"
+
+
+def comfy_device_args() -> list[str]:
+    """ComfyUI's device arguments for the test session (``--cpu`` unless the GPU was asked for)."""
+    return [] if os.environ.get(DEVICE_ENV, "").strip().lower() == "gpu" else ["--cpu"]
+
+
+def session_on_gpu() -> bool:
+    return not comfy_device_args()
 
 
 def import_comfy_early() -> None:
@@ -33,7 +47,7 @@ def import_comfy_early() -> None:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     argv = sys.argv
-    sys.argv = ["main.py", "--cpu"]
+    sys.argv = ["main.py", *comfy_device_args()]
     try:
         import comfy.options
 
@@ -97,7 +111,7 @@ class ComfyUISession:
         if stale is not None and not str(getattr(stale, "__file__", "")).startswith(root):
             for name in [n for n in sys.modules if n == "nodes" or n.startswith("nodes.")]:
                 del sys.modules[name]
-        sys.argv = ["main.py", "--cpu"]
+        sys.argv = ["main.py", *comfy_device_args()]
         import comfy.options
 
         comfy.options.enable_args_parsing()

@@ -45,14 +45,15 @@ _INTERP_SCRIPT = textwrap.dedent(
         sc[:, 0] = sc.float().amax(1).half()
         w = PackedWeight(pack_codes(q, bits), sc, bits)
         r, inv = fr.row_scales(w)
-        w8 = fr.quantize_weight(w, inv, torch.empty(n, k, dtype=torch.float8_e4m3fn))
+        w8 = torch.empty(n, k, dtype=torch.float8_e4m3fn)
+        assert torch.equal(fr.quantize_weight(w, w8), r), "row scales computed in the launch"
         want = (w.dequantize(torch.float32) * inv[:, None]).to(torch.float8_e4m3fn)
         assert torch.equal(w8.view(torch.uint8), want.view(torch.uint8)), "weight kernel"
         # activations: one +-448 * 2^e per token, the rest e4m3 values * 2^e
         vals = torch.randn(m, k, generator=g).mul(100).clamp(-448, 448).to(torch.float8_e4m3fn).float()
         vals[:, 5] = 448.0
         x = (vals * 2.0 ** torch.randint(-10, -2, (m, 1), generator=g)).bfloat16()
-        xq, sa = fr.prepare(w, inv, None, x)
+        xq, sa = fr.prepare(w, None, x)
         assert sa.shape == (m, 1) and torch.equal(xq.float() * sa, x.float()), "activation kernel must be exact here"
         y = fr.FP8RowwiseBackend().matmul(x, w, {})
         exact = x.double() @ w.dequantize(torch.float64).t()
@@ -99,10 +100,11 @@ def test_fp8_rowwise_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     x[0] = 0  # an all-zero token must give zeros, not NaN
     r, inv = fr.row_scales(w)
-    w8 = fr.quantize_weight(w, inv, torch.empty(n, k, dtype=torch.float8_e4m3fn, device=dev))
+    w8 = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=dev)
+    assert torch.equal(fr.quantize_weight(w, w8), r)  # div.rn in the launch = torch's IEEE division
     want = (w.dequantize(torch.float32) * inv[:, None]).to(torch.float8_e4m3fn)
     assert torch.equal(w8.view(torch.uint8), want.view(torch.uint8))  # GPU cast is RTNE like torch's
-    xq, sa = fr.prepare(w, inv, None, x)
+    xq, sa = fr.prepare(w, None, x)
     # oracle on the CPU with tensor/tensor divisions: IEEE there (torch's CUDA division by a scalar
     # multiplies by its reciprocal, one rounding more than the kernel's div.rn)
     xc = x.float().cpu()
@@ -119,7 +121,10 @@ def test_fp8_rowwise_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
     assert ((y.float() - exact).norm() / exact.norm()).item() < 6e-2  # e4m3 rounding of activations and scale ratios
     state: dict = {}
     yr = fr.FP8RowwiseResidentBackend().matmul(x, w, state)
-    assert torch.equal(yr, y) and state["fp8_rowwise"][2] is not None
+    assert torch.equal(yr, y) and state["fp8_rowwise_resident"][1] is not None
+    state = {}
+    fr.FP8RowwiseBackend().matmul(x, w, state)
+    assert not state  # the shared-scratch variant keeps nothing per layer (safe under graph capture)
 
 
 @pytest.mark.gpu
