@@ -80,7 +80,12 @@ def _hqq_linear(entry: dict[str, Any], file: Path, name: str) -> Packed4Bit:
     if not isinstance(packing, str) or packing != "4bit_u8" or type(nbits) is not int or nbits != 4:
         raise BonsaiFormatError(file, name, f"HQQ packing {str(packing)[:40]!r} / nbits {str(nbits)[:20]} is not 4bit_u8 / 4")
     if type(axis) is not int or axis != 1:
-        raise BonsaiFormatError(file, name, f"HQQ axis={str(axis)[:20]}; only axis=1 (groups along in_features) is supported")
+        raise BonsaiFormatError(
+            file,
+            name,
+            f"HQQ axis={str(axis)[:20]}: groups run down the output features; only axis=1 (groups along in_features, what the "
+            "release and hqq's gemlite backend use) can be read packed - use the MLX or bf16 text encoder, or re-quantize with axis=1",
+        )
     if _flag(entry, "quant_scale", file, name) or _flag(entry, "quant_zero", file, name):
         raise BonsaiFormatError(file, name, "quantized HQQ scales/zeros are not supported")
     n, k = _hqq_shape(entry, file, name)
