@@ -3,8 +3,8 @@
 ``qmodel.pt`` = ``torch.save({leaf_module_name: module.state_dict()})`` written by HQQ's
 ``save_quantized``. A quantized linear holds ``W_q`` uint8 ``[N*K/64/2, 64]`` (``4bit_u8``: the
 rows of the ``(N*K/64, 64)`` group matrix, first half in the high nibble), fp16 ``scale`` /
-``zero`` ``(N*K/64, 1)``, ``axis=1``, and ``W = (q - zero) * scale``. Plain modules hold
-``{"weight": ...}``. The archive is checked and loaded by :mod:`bonsai_core.torch_archive`
+``zero`` ``(N*K/64, 1)``, ``axis=1``, and ``W = (q - zero) * scale``. 64 is the release's group
+size; what is read is each layer's own ``group_size`` entry. Plain modules hold ``{"weight": ...}``. The archive is checked and loaded by :mod:`bonsai_core.torch_archive`
 (stored entries only, bounded pickle, ``weights_only``).
 """
 
