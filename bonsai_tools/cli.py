@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "bench-model": ".bench.model",
     "bench-lora": ".bench.lora",
     "bench-prompt": ".bench.prompt",
+    "bench-profile": ".bench.profile_prompt",
     "build-workflows": ".workflows.build",
     "make-fixture": ".synth.cli",
     "tune": ".tune",

@@ -78,6 +78,8 @@ def cmd_bench_prompt(args: argparse.Namespace) -> int:
                 cmd += ["--reserve-vram", str(reserve)]
             if args.compile:
                 cmd += ["--compile", "--compile-backend", args.compile_backend]
+            if args.vary_text:
+                cmd += ["--vary-text"]
             t1 = time.perf_counter()
             r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
             line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
@@ -115,21 +117,34 @@ def _compare(report: dict[str, Any]) -> None:
         ref_path = reference_path(r.get("path", ""))
         r["cosine_reference"] = ref_path
         for res, p in r.get("latents", {}).items():
-            ref = refs.get((ref_path, r.get("reserve_vram_gb"), False, res)) or refs.get((ref_path, r.get("reserve_vram_gb"), r.get("compile", False), res))
+            ref = refs.get((ref_path, r.get("reserve_vram_gb"), False, res)) or refs.get(
+                (ref_path, r.get("reserve_vram_gb"), r.get("compile", False), res)
+            )
             if ref and Path(ref).is_file() and Path(p).is_file():
                 r.setdefault("cosine_vs_reference", {})[res] = round(_cosine(_latent(Path(p)), _latent(Path(ref))), 6)
 
 
+def _compiled_suffix(r: dict[str, Any]) -> str:
+    if not r.get("compile"):
+        return ""
+    return "-cudagraphs" if r.get("compile_backend") == "cudagraphs" else "-compile"
+
+
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    base = {(r.get("reserve_vram_gb"), res): v["warm_s"] for r in report["runs"] if r.get("path") == "stock-bf16" for res, v in r.get("prompts", {}).items()}
+    base = {
+        (r.get("reserve_vram_gb"), res): v["warm_s"]
+        for r in report["runs"]
+        if r.get("path") == "stock-bf16" and not r.get("compile")
+        for res, v in r.get("prompts", {}).items()
+    }
     for r in report["runs"]:
         for res, v in r.get("prompts", {}).items():
             ref = base.get((r.get("reserve_vram_gb"), res))
             limit = r.get("reserve_vram_gb")
             rows.append(
                 {
-                    "path": r["path"] + ("-compile" if r.get("compile") else ""),
+                    "path": r["path"] + _compiled_suffix(r),
                     "resolution": int(res),
                     "batch": 1,
                     "ms": round(v["warm_s"] * 1000, 1),
@@ -138,7 +153,9 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "peak_vram_gb": v.get("peak_allocated_gb"),
                     "cosine_vs_reference": r.get("cosine_vs_reference", {}).get(res),
                     "cosine_reference": r.get("cosine_reference"),
-                    "measure": "whole prompt (warm)" + (f", reserve-vram {limit} GB" if limit is not None else ""),
+                    "measure": "whole prompt (warm"
+                    + (", text encoded each prompt)" if r.get("text_each_prompt") else ", cached text)")
+                    + (f", reserve-vram {limit} GB" if limit is not None else ""),
                 }
             )
     return rows
@@ -158,7 +175,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         "| path | reserve-vram GB | res | first s | warm s | × bf16 (warm) | peak alloc GB | used after GB | TE load s | TE encode s (1st / 2nd) | cosine (vs) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {(r.get("reserve_vram_gb"), res): v["warm_s"] for r in report["runs"] if r.get("path") == "stock-bf16" for res, v in r.get("prompts", {}).items()}
+    base = {
+        (r.get("reserve_vram_gb"), res): v["warm_s"]
+        for r in report["runs"]
+        if r.get("path") == "stock-bf16" and not r.get("compile")
+        for res, v in r.get("prompts", {}).items()
+    }
     for r in report["runs"]:
         if "error" in r and not r.get("prompts"):
             lines.append(f"| {r.get('path')} | {r.get('reserve_vram_gb')} | failed: {str(r['error'])[-300:]!r} |")
@@ -168,7 +190,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             ref = base.get((r.get("reserve_vram_gb"), res))
             ratio = f"{v['warm_s'] / ref:.2f}×" if ref else "–"
             lines.append(
-                f"| {r['path']}{' +compile' if r.get('compile') else ''} | {r.get('reserve_vram_gb') or '–'} | {res}² | {v['first_s']:.2f} | {v['warm_s']:.3f} | {ratio} | "
+                f"| {r['path']}{_compiled_suffix(r)} | {r.get('reserve_vram_gb') or '–'} | {res}² | {v['first_s']:.2f} | {v['warm_s']:.3f} | {ratio} | "
                 f"{v.get('peak_allocated_gb', '–')} | {v.get('used_after_gb', '–')} | {te.get('load_s', '–')} | "
                 f"{te.get('first_encode_s', '–')} / {te.get('second_encode_s', '–')} | {r.get('cosine_vs_reference', {}).get(res, '–')} ({r.get('cosine_reference')}) |"
             )
@@ -184,6 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reserve-vram", nargs="*", type=float, default=None, help="GB kept free (simulates a smaller card); one run per value")
     p.add_argument("--compile", action="store_true", help="put ComfyUI's TorchCompileModel node after the model loader")
     p.add_argument("--compile-backend", default="inductor", choices=["inductor", "cudagraphs"], help="TorchCompileModel's backend input")
+    p.add_argument("--vary-text", action="store_true", help="new prompt text each prompt: warm prompts include the text encode")
     p.add_argument("--work", default=".bench-prompt", help="folder for the synthetic model files (kept between runs)")
     p.add_argument("--comfyui", default=None)
     p.add_argument("--out", default="docs/benchmarks")

@@ -33,6 +33,7 @@ PATHS: dict[str, tuple[str, dict[str, Any], str]] = {
     "bonsai-auto": ("BonsaiModelLoader", {"model_name": CANONICAL, "backend": "auto", "compute_dtype": "default"}, "bonsai"),
     "bonsai-fp8-rowwise": ("BonsaiModelLoader", {"model_name": CANONICAL, "backend": "fp8_rowwise", "compute_dtype": "default"}, "bonsai"),
     "bonsai-fp8": ("BonsaiModelLoader", {"model_name": CANONICAL, "backend": "fp8", "compute_dtype": "default"}, "bonsai"),
+    "bonsai-auto-fp8": ("BonsaiModelLoader", {"model_name": CANONICAL, "backend": "auto-fp8", "compute_dtype": "default"}, "bonsai"),
 }
 
 
@@ -101,13 +102,19 @@ def _option(nodes: Any, node: str, field: str, want: str) -> str:
     return sorted(hits, key=len)[0]
 
 
-def build_prompt(nodes: Any, path: str, variant: str, res: int, seed: int, prefix: str, compile_model: str | None) -> dict[str, Any]:
-    """The Klein text-to-image graph for ``path``; ``compile_model``: a TorchCompileModel backend, or None."""
+def build_prompt(
+    nodes: Any, path: str, variant: str, res: int, seed: int, prefix: str, compile_model: str | None, text: str = TEXT
+) -> dict[str, Any]:
+    """The Klein text-to-image graph for ``path``; ``compile_model``: a TorchCompileModel backend, or None;
+    a new ``text`` makes the executor encode again (otherwise it reuses the cached conditioning)."""
     loader, inputs, te = PATHS[path]
     inputs = {k: (v.format(variant=variant) if isinstance(v, str) else v) for k, v in inputs.items()}
     p: dict[str, Any] = {"1": {"class_type": loader, "inputs": inputs}}
     if te == "bonsai":
-        p["2"] = {"class_type": "BonsaiTextEncoderLoader", "inputs": {"text_encoder": _option(nodes, "BonsaiTextEncoderLoader", "text_encoder", variant)}}
+        p["2"] = {
+            "class_type": "BonsaiTextEncoderLoader",
+            "inputs": {"text_encoder": _option(nodes, "BonsaiTextEncoderLoader", "text_encoder", variant)},
+        }
     else:
         p["2"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": te, "type": "flux2", "device": "default"}}
     p["3"] = {"class_type": "BonsaiVAELoader", "inputs": {"vae_folder": _option(nodes, "BonsaiVAELoader", "vae_folder", variant)}}
@@ -117,7 +124,7 @@ def build_prompt(nodes: Any, path: str, variant: str, res: int, seed: int, prefi
         model = ["5", 0]
     p.update(
         {
-            "10": {"class_type": "CLIPTextEncode", "inputs": {"text": TEXT, "clip": ["2", 0]}},
+            "10": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 0]}},
             "11": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["10", 0]}},
             "22": {"class_type": "CFGGuider", "inputs": {"cfg": 1.0, "model": model, "positive": ["10", 0], "negative": ["11", 0]}},
             "23": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
@@ -184,7 +191,15 @@ def run_child(args: argparse.Namespace) -> int:
     extra = ["--reserve-vram", str(args.reserve_vram[0])] if args.reserve_vram else []
     t0 = time.perf_counter()
     nodes, execution, executor = _boot(Path(args.comfyui), work, extra)
-    rec: dict[str, Any] = {"path": path, "boot_s": round(time.perf_counter() - t0, 2), "compile": bool(args.compile), "prompts": {}, "latents": {}}
+    rec: dict[str, Any] = {
+        "path": path,
+        "boot_s": round(time.perf_counter() - t0, 2),
+        "compile": bool(args.compile),
+        "compile_backend": args.compile_backend if args.compile else None,
+        "text_each_prompt": bool(args.vary_text),
+        "prompts": {},
+        "latents": {},
+    }
     tag = f"bench-{path}-{'c' if args.compile else 'e'}-{args.reserve_vram[0] if args.reserve_vram else 'x'}-{uuid.uuid4().hex[:6]}"
     try:
         for res in args.resolutions:
@@ -192,7 +207,9 @@ def run_child(args: argparse.Namespace) -> int:
             torch.cuda.reset_peak_memory_stats()
             for i in range(1 + args.warm):
                 prefix = f"{tag}/{res}-{i}"
-                times.append(_run(execution, executor, build_prompt(nodes, path, args.variant, res, 100 + i, prefix, args.compile_backend if args.compile else None)))
+                text = f"{TEXT}, variation {res}-{i}" if args.vary_text else TEXT  # new text: the prompt encodes again
+                prompt = build_prompt(nodes, path, args.variant, res, 100 + i, prefix, args.compile_backend if args.compile else None, text)
+                times.append(_run(execution, executor, prompt))
                 log.info("%s %d^2 prompt %d: %.3f s", path, res, i, times[-1])
             free, total = torch.cuda.mem_get_info()
             rec["prompts"][str(res)] = {
