@@ -63,6 +63,21 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+def _fresh_compiler() -> None:
+    # every compiled sequence starts from an empty Dynamo cache (its recompile limit would otherwise
+    # send later models to eager without a word) and checks that frames really were compiled
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def _compiled_frames() -> int:
+    import torch._dynamo
+
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
 def _unload() -> None:
     import comfy.model_management as mm
 
@@ -79,11 +94,13 @@ def test_torch_compile_model_both_backends_after_stock(comfyui, comfy_models):
 
     safetensors.torch.save_file(lora_tensors(bfl_names(), "AB", seed=21), comfy_models / "loras" / "replay_lora.safetensors")
     lora = "replay_lora.safetensors"
-    torch._dynamo.reset()
+    _fresh_compiler()
     # a stock model first, eager and replayed, as a user's ComfyUI would have run
     stock = {s: _run(comfyui, _prompt(unet_loader(dense), size=s), fresh=True) for s in (64, 96)}
     stock_cg = {s: _run(comfyui, _prompt(unet_loader(dense), compile_backend="cudagraphs", size=s)) for s in (64, 96)}
+    _fresh_compiler()
     stock_ind = _run(comfyui, _prompt(unet_loader(dense), compile_backend="inductor"), fresh=True)
+    assert _compiled_frames() > 0
     for s in (64, 96):
         assert torch.equal(stock_cg[s], stock[s]), "stock bf16 under cudagraphs differs from eager"
     report: dict[str, float] = {}
@@ -97,6 +114,7 @@ def test_torch_compile_model_both_backends_after_stock(comfyui, comfy_models):
         # cudagraphs: two resolutions, back to the first, ComfyUI unloading the model in between,
         # then a LoRA and a new strength: every result equals the eager run bit for bit
         _run(comfyui, _prompt(loader), fresh=True)
+        _fresh_compiler()
         for s in (64, 96, 64):
             got = _run(comfyui, _prompt(loader, compile_backend="cudagraphs", size=s))
             assert torch.equal(got, eager[s]), f"{backend} cudagraphs at {s}: max |diff| {(got - eager[s]).abs().max():.3g}"
@@ -106,7 +124,9 @@ def test_torch_compile_model_both_backends_after_stock(comfyui, comfy_models):
         for st in (0.8, -0.5):
             got = _run(comfyui, _prompt(loader, compile_backend="cudagraphs", lora=(lora, st)))
             assert torch.equal(got, eager_lora[st]), f"{backend} cudagraphs with LoRA {st}"
+        assert _compiled_frames() > 0
         # inductor: same sequence, bounded difference (see the module docstring)
+        _fresh_compiler()
         for s in (64, 96):
             got = _run(comfyui, _prompt(loader, compile_backend="inductor", size=s))
             report[f"{backend}-inductor-{s}"] = _rel(got, eager[s])
@@ -115,6 +135,7 @@ def test_torch_compile_model_both_backends_after_stock(comfyui, comfy_models):
         got = _run(comfyui, _prompt(loader, compile_backend="inductor", lora=(lora, 0.8)))
         report[f"{backend}-inductor-lora"] = _rel(got, eager_lora[0.8])
         assert report[f"{backend}-inductor-lora"] < INDUCTOR_REL
+        assert _compiled_frames() > 0
         if backend == "auto":
             got = _run(comfyui, _prompt(loader, compile_backend="inductor"))
             report["auto-inductor-vs-stock-inductor"] = _rel(got, stock_ind)
@@ -127,6 +148,8 @@ def test_loader_graph_replay_option(comfyui):
     canonical, _ = comfyui.tiny_model("ternary")
     loader = bonsai_loader(canonical, backend="auto")
     eager = _run(comfyui, _prompt(loader), fresh=True)
+    _fresh_compiler()
     replay = dict(loader, inputs={**loader["inputs"], "graph_replay": "cudagraphs"})
     for s in (64, 64):
         assert torch.equal(_run(comfyui, _prompt(replay, size=s)), eager)
+    assert _compiled_frames() > 0
