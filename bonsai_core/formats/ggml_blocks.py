@@ -82,30 +82,27 @@ def _scales(blocks: torch.Tensor, lay: BlockLayout) -> torch.Tensor:
     return blocks[..., lay.scale_at : lay.scale_at + 2].contiguous().view(torch.float16).squeeze(-1)
 
 
-def _trit_positions(stages: tuple[tuple[int, int], ...], qh_at: int, qh_len: int) -> list[tuple[int, int]]:
-    """(byte, trit) of each value in a base-3 block, in value order: a stage of ``c`` bytes from
-    ``first`` holds ``5c`` values, value ``n * c + m`` in trit ``n`` of byte ``first + m``; then the
-    ``qh`` bytes hold four trits each, value ``n * qh_len + h`` in trit ``n`` of byte ``qh_at + h``."""
-    pos = [(first + m, n) for first, c in stages for n in range(5) for m in range(c)]
-    return pos + [(qh_at + h, n) for n in range(4) for h in range(qh_len)]
+# the five trits of every byte: a byte holds its trits as a fixed-point fraction of 243, and trit n
+# is the integer part of three times that fraction after multiplying by 3**n (mod 256)
+_BYTES = torch.arange(256, dtype=torch.int32).unsqueeze(1)
+TRIT_TABLE = ((((_BYTES * torch.tensor(POW3, dtype=torch.int32)) & 255) * 3) >> 8).to(torch.uint8)  # [256, 5]
+
+# base-3 layouts: (first byte, bytes) per stage of qs, then (first byte, bytes) of qh
+TRIT_STAGES = {"TQ1_0": (((0, 32), (32, 16)), (48, 4)), "PTQ1_0": (((0, 16), (16, 8)), (24, 2))}
 
 
-TRIT_POSITIONS = {
-    "TQ1_0": _trit_positions(((0, 32), (32, 16)), 48, 4),
-    "PTQ1_0": _trit_positions(((0, 16), (16, 8)), 24, 2),
-}
-
-
-def _trits(blocks: torch.Tensor, positions: list[tuple[int, int]]) -> torch.Tensor:
-    """Codes 0..2 of base-3 packed blocks ``[R, B, nbytes]`` -> ``[R, B, len(positions)]``.
-
-    A byte holds its trits as a fixed-point fraction of 243: trit ``n`` is the integer part of
-    three times the fractional byte after multiplying by ``3**n`` (mod 256)."""
-    out = torch.empty((*blocks.shape[:-1], len(positions)), dtype=torch.uint8)
-    for v, (byte, n) in enumerate(positions):
-        b = blocks[..., byte].to(torch.int32)
-        out[..., v] = ((((b * POW3[n]) & 255) * 3) >> 8).to(torch.uint8)
-    return out
+def _trits(blocks: torch.Tensor, layout: str) -> torch.Tensor:
+    """Codes 0..2 of base-3 blocks ``[R, B, nbytes]`` in value order ``[R, B, weights]``: a qs stage
+    of ``c`` bytes holds value ``n * c + m`` in trit ``n`` (0..4) of its byte ``m``; the ``qh`` bytes
+    hold four trits each, value ``n * len(qh) + h`` in trit ``n`` of byte ``h``."""
+    stages, (qh_at, qh_len) = TRIT_STAGES[layout]
+    parts = []
+    for first, c in stages:
+        t = TRIT_TABLE[blocks[..., first : first + c].long()]  # [R, B, c, 5]
+        parts.append(t.transpose(-1, -2).reshape(*blocks.shape[:-1], 5 * c))
+    t = TRIT_TABLE[blocks[..., qh_at : qh_at + qh_len].long(), :4]  # [R, B, qh, 4]
+    parts.append(t.transpose(-1, -2).reshape(*blocks.shape[:-1], 4 * qh_len))
+    return torch.cat(parts, dim=-1)
 
 
 def _tq2_codes(blocks: torch.Tensor) -> torch.Tensor:
@@ -126,7 +123,7 @@ def to_canonical(raw: torch.Tensor, lay: BlockLayout, n: int, k: int) -> tuple[t
         if lay.weights == 64:
             codes, d = _merge_halves(codes.reshape(n, k // GROUP_SIZE, 32), d.reshape(n, k // GROUP_SIZE, 2))
         return codes.reshape(n, k * lay.bits // 8).contiguous(), d.contiguous()
-    q = _tq2_codes(blocks) if lay.codec == "tq2" else _trits(blocks, TRIT_POSITIONS[lay.name])
+    q = _tq2_codes(blocks) if lay.codec == "tq2" else _trits(blocks, lay.name)
     if lay.weights == 256:
         d = d.repeat_interleave(2, dim=1)
     return pack_codes(q.reshape(n, k), 2), d.contiguous()
