@@ -137,7 +137,8 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
         t.n_bytes = t.n_elements // 32 * 34 if t.type_id == Q.Q8_0 else t.n_elements * DENSE_ESIZE[Q(t.type_id)]
     for key, t in tensors.items():
         if t.n_bytes > t.span:
-            raise BonsaiFormatError(f, key, f"{t.type_name} {list(t.shape)} needs {t.n_bytes} bytes, the file holds {t.span} (truncated?)")
+            kind = f"{layouts[key].name} (type {t.type_id})" if key in layouts else t.type_name
+            raise BonsaiFormatError(f, key, f"{kind} {list(t.shape)} needs {t.n_bytes} bytes, the file holds {t.span} (truncated?)")
     bits = next(iter(layouts.values())).bits
     found_variant = variant_for(f, bits, variant, None, f"GGUF {next(iter(layouts.values())).name}")
 

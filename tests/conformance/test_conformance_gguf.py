@@ -265,3 +265,13 @@ def test_type_42_layout_is_decided_by_size_and_a_cut_file_is_named(sources: dict
     path.write_bytes(path.read_bytes()[:-1000])
     err = _error(path)
     assert "type 42 (Q2_0)" in str(err) and "Q2_0 blocks like the rest of the file" in str(err)
+
+
+def test_a_cut_file_names_the_tensor_that_does_not_fit(sources: dict, tmp_path: Path) -> None:
+    """Each tensor's size by its type must fit before the next tensor or the end of the file."""
+    path = tmp_path / "t.gguf"
+    blocks = write_file(path, sources["ternary"], 143, 128, enc_ptq1_0)
+    path.write_bytes(path.read_bytes()[:-100])
+    err = _error(path)
+    assert err.tensor == list(blocks)[-1] and "PTQ1_0 (type 143)" in str(err)
+    assert "the file holds" in str(err) and "truncated" in str(err)
