@@ -22,11 +22,13 @@ COMMANDS: dict[str, str] = {
     "convert": ".cli_formats",
     "dequantize": ".cli_formats",
     "download": ".download",
+    "tune": ".cli_tune",
 }
 
 # Developer commands that live in the tooling package now. The runtime must not import it (a user's
 # ComfyUI never needs it), so these names only answer where they went.
-MOVED_TO_TOOLS: frozenset[str] = frozenset({"make-fixture", "bench-linear", "bench-model", "bench-lora"})
+MOVED_TO_TOOLS: frozenset[str] = frozenset({"make-fixture", "bench-linear", "bench-model", "bench-lora", "bench-prompt", "build-workflows"})
+PROG = "python -m bonsai_core"
 
 
 def build_parser(
@@ -34,7 +36,7 @@ def build_parser(
     *,
     commands: dict[str, str] = COMMANDS,
     package: str = __package__,
-    prog: str = "python -m bonsai_core",
+    prog: str = PROG,
     description: str = "Bonsai Image 4B weight tools",
 ) -> argparse.ArgumentParser:
     """The parser with the subcommands of ``commands`` (all of them, or only ``only``'s module)."""
@@ -69,10 +71,14 @@ def run_commands(argv: list[str], *, commands: dict[str, str], package: str, pro
         return 130
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The runtime CLI; ``prog`` is how the user started it (``bonsai.py`` passes its own command line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     only = next((a for a in argv if not a.startswith("-")), None)
     if only in MOVED_TO_TOOLS:
-        sys.stderr.write(f"'{only}' moved: run `python -m bonsai_tools {only}` from the pack folder\n")
+        sys.stderr.write(
+            f"'{only}' is a developer command of the tooling package (a git checkout, not the registry archive): "
+            f"run `python <pack folder>/bonsai_tools {only}` from any folder\n"
+        )
         return 2
-    return run_commands(argv, commands=COMMANDS, package=__package__, prog="python -m bonsai_core", description="Bonsai Image 4B weight tools")
+    return run_commands(argv, commands=COMMANDS, package=__package__, prog=prog, description="Bonsai Image 4B weight tools")

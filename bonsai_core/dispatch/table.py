@@ -107,7 +107,7 @@ def get_table(device: torch.device) -> MeasuredTable:
                 else:
                     log.info(
                         "no measured low-bit backend table for %s: using the static rules (fast on any CUDA GPU); "
-                        "`python -m bonsai_tools tune` measures this GPU once",
+                        "`python custom_nodes/<pack>/bonsai.py tune` measures this GPU once",
                         tag,
                     )
         _by_device[str(device)] = table

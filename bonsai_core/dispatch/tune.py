@@ -1,7 +1,7 @@
 """Measuring which backend (and backend variant) is fastest on this GPU: an explicit command only.
 
 A user's prompt never waits for this: selection reads the tables and the static rules
-(:mod:`.rules`). :func:`tune_device` is what ``python -m bonsai_tools tune`` runs (once per GPU
+(:mod:`.rules`). :func:`tune_device` is what ``bonsai.py tune`` runs (once per GPU
 model, a minute or two for the Klein shapes); its results go to ``dispatch.json`` in the per-GPU
 cache folder, where every later process reads them. :func:`prewarm` only compiles kernels.
 """
