@@ -19,8 +19,9 @@ from typing import Any
 
 log = logging.getLogger("bonsai_image")
 
-# Not node modules: helpers of the loaders (operations and their custom op, graph replay, folder service, model sources, CLIP building).
-_NOT_NODE_MODULES = frozenset({"ops", "lowbit_op", "graph_replay", "folders", "model_sources", "te_clip"})
+# Not node modules: helpers of the loaders (operations and their custom op, graph replay, folder service, model sources, CLIP building,
+# what is installed and the notice's route).
+_NOT_NODE_MODULES = frozenset({"ops", "lowbit_op", "graph_replay", "folders", "model_sources", "te_clip", "installed"})
 
 IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
 # Frontend extension served by ComfyUI at /extensions/<pack folder>/: the on-open notice for model
@@ -76,11 +77,22 @@ def _schema_builds(module: str, node: Any) -> bool:
     return True
 
 
+def _register_routes() -> None:
+    """``GET /bonsai_image/installed`` for the on-open notice (nodes/installed.py); the nodes work without it."""
+    try:
+        from .nodes import installed
+
+        installed.register_route()
+    except Exception as e:  # noqa: BLE001 -- the notice is a convenience: never what costs the pack its nodes
+        log.warning("Bonsai Image: the on-open notice's route is unavailable: %s: %s", type(e).__name__, e)
+
+
 if ComfyExtension is not None:
 
     class BonsaiImageExtension(ComfyExtension):
         async def get_node_list(self) -> list[Any]:
             nodes = gather_nodes()
+            _register_routes()
             failed = f" ({len(IMPORT_ERRORS)} node modules failed)" if IMPORT_ERRORS else ""
             log.info("Bonsai Image: %d nodes registered%s", len(nodes), failed)
             return nodes

@@ -25,7 +25,7 @@ from ..bonsai_core.checkpoint import BonsaiCheckpoint
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.formats import detect
-from . import folders
+from . import folders, installed
 
 log = escaping_logger("bonsai_image.loader")
 
@@ -53,6 +53,10 @@ def _snapshot_problem(path: Path) -> str | None:
     return None
 
 
+def is_canonical_file(path: Path) -> bool:
+    return folders.is_ok("model-canonical", path, _canonical_problem)
+
+
 def is_snapshot(path: Path) -> bool:
     return folders.is_ok("model-snapshot", path, _snapshot_problem)
 
@@ -61,7 +65,8 @@ def bonsai_entries() -> list[str]:
     """Canonical files and snapshot folders (ending in ``/``) under every ``models/bonsai`` root."""
     out: set[str] = set()
     for root in folders.roots(folders.BONSAI):
-        for e in folders.walk(root, _DEPTH, descend=lambda e: not is_snapshot(e.path)):
+        # models--<owner>--<repo>/snapshots/<commit>/ (Hugging Face's cache layout) counts as one level
+        for e in installed.walk(root, _DEPTH, descend=lambda e: not is_snapshot(e.path)):
             if e.is_dir:
                 if is_snapshot(e.path):
                     out.add(e.rel + SNAPSHOT_MARK)
@@ -102,10 +107,18 @@ def list_models() -> list[str]:
 
 
 def resolve_model(name: object) -> Path:
-    """Full path of a combo entry: ``ValueError`` for names outside the models folders, ``FileNotFoundError`` when absent."""
+    """Full path of a combo entry: ``ValueError`` for names outside the models folders, ``FileNotFoundError`` when absent.
+
+    One name rule for every loader: a snapshot folder may be named with or without its trailing ``/``."""
     if isinstance(name, str) and name.endswith(SNAPSHOT_MARK):
         return folders.locate((folders.BONSAI,), name, WHAT, want_dir=True)
-    return folders.locate(FILE_KINDS, name, WHAT, want_dir=False)
+    try:
+        return folders.locate(FILE_KINDS, name, WHAT, want_dir=False)
+    except FileNotFoundError:
+        folder = folders.find((folders.BONSAI,), str(name), want_dir=True)  # the name passed the guard above
+        if folder is None:
+            raise
+        return folder
 
 
 def open_bonsai(path: str | Path) -> BonsaiCheckpoint:
@@ -141,12 +154,18 @@ def _convert_hint(path: Path) -> str:
 
 
 def validation_problem(name: object) -> str | None:
-    """The one-line reason a literal ``model_name`` cannot load (refused, missing, unreadable), or None."""
+    """The one-line reason a literal ``model_name`` cannot load (refused, missing, unreadable), or None.
+
+    A missing name says what to do next (resume an interrupted download, pick an installed entry, move
+    a misplaced release); an unreadable snapshot says "run the same download again" when it was interrupted."""
     try:
         path = resolve_model(name)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         return str(e)
-    return describe_problem(path)
+    except FileNotFoundError as e:
+        return installed.not_found(str(e), name, (folders.BONSAI,), list_models())
+    problem = describe_problem(path)
+    return installed.with_resume(problem, path) if problem is not None else None
 
 
 def source_fingerprint(path: Path) -> tuple[object, ...]:

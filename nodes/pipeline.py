@@ -20,8 +20,8 @@ from comfy_api.latest import io
 
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.escape import escaping_logger
-from ..bonsai_core.te_formats import resolve_te_folder
-from . import folders, model_loader, model_sources, text_encoder, vae
+from ..bonsai_core.te_formats import TE_FOLDER_NAMES, resolve_te_folder
+from . import folders, installed, model_loader, model_sources, text_encoder, vae
 from .text_encoder import dense_te_folder  # with the TE node, which lists and loads the same folders
 
 log = escaping_logger("bonsai_image.pipeline")
@@ -61,7 +61,7 @@ def list_snapshots() -> list[str]:
         if not name.endswith(model_sources.SNAPSHOT_MARK):
             continue
         folder = folders.find((folders.BONSAI,), name.rstrip("/"), want_dir=True)
-        if folder is not None and folders.is_ok("pipeline-parts", folder, _parts_problem):
+        if folder is not None and folders.is_ok("pipeline-parts", folder, _parts_problem) and not installed.is_interrupted(folder):
             out.append(name)
     return out
 
@@ -88,16 +88,35 @@ def _pipeline_problem(folder: Path) -> str | None:
     vae.read_vae_config(vae_dir)
     vae.check_vae_weights(vae_dir / vae.VAE_WEIGHTS_NAME)
     if find_text_encoder(folder) is None:
-        return _incomplete(folder, _NO_TE)
+        # a text encoder folder that is there but does not load (a truncated file) says why, not "no text encoder"
+        present = [folder / n for n in (*TE_FOLDER_NAMES, text_encoder.DENSE_TE_FOLDER) if (folder / n / "config.json").is_file()]
+        problems = [p for p in map(text_encoder.te_folder_problem, present) if p]
+        return problems[0] if problems else _incomplete(folder, _NO_TE)
     return model_sources.describe_problem(folder)
+
+
+def _canonical_file(name: object) -> Path | None:
+    """The canonical file a snapshot name names (a common mix-up: Load Model's file picked here)."""
+    if not isinstance(name, str) or name.endswith("/"):
+        return None
+    path = folders.find(model_sources.FILE_KINDS, name, want_dir=False)
+    return path if path is not None and model_sources.is_canonical_file(path) else None
 
 
 def validation_problem(name: object) -> str | None:
     try:
         folder = resolve_snapshot(name)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         return str(e)
-    return folders.check("pipeline", folder, _pipeline_problem)
+    except FileNotFoundError as e:
+        if _canonical_file(name) is not None:
+            return (
+                f"{name!r} is a canonical transformer file (no text encoder or VAE in it): load it with Bonsai Load Model, "
+                "and the text encoder and VAE with Bonsai Load Text Encoder and Bonsai Load VAE; here, pick a release folder (ending in /)"
+            )
+        return installed.not_found(str(e), name, (folders.BONSAI,), list_snapshots())
+    problem = folders.check("pipeline", folder, _pipeline_problem)
+    return installed.with_resume(problem, folder) if problem is not None else None
 
 
 def load_pipeline(

@@ -23,17 +23,21 @@ import comfy.text_encoders.flux
 import torch
 from comfy_api.latest import io
 
-from ..bonsai_core.bounded import read_json_object
+from ..bonsai_core.bounded import plain_file_name, read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.escape import escape_name, escaping_logger
+from ..bonsai_core.safetensors_io import read_header
 from ..bonsai_core.te_formats import (
     HQQ_FILE,
+    MLX_FILE,
+    TE_FOLDER_NAMES,
     find_tokenizer_dir,
     read_dense_te,
     read_te,
     te_layout,
 )
-from . import folders
+from ..bonsai_core.torch_archive import check_archive
+from . import folders, installed
 from .te_clip import (  # noqa: F401  (re-exported: tests and tools build reference CLIPs through this module)
     MODEL_NAME,
     ConfiguredQwen3,
@@ -127,17 +131,63 @@ def is_dense_te(te: Path) -> bool:
 
 
 def _te_problem(folder: Path) -> str | None:
-    """None when the TE loader can load ``folder`` (cheap: config + which weight files exist)."""
+    """None when the TE loader can load ``folder``. Cheap, as for the transformer and the VAE: the config,
+    and each weight file's size against its own header or zip directory (a truncated download is refused
+    here, at listing and at queue time, not half-way through loading)."""
     if not (folder / "config.json").is_file():
+        sub = _te_subfolder(folder)
+        if sub is not None:
+            return f"{folder}: a release folder, not a text encoder folder: pick its text encoder {sub!r}"
         return f"{folder}: no config.json"
     _te_config(folder)
-    if te_layout(folder) is None and not is_dense_te(folder):
+    layout = te_layout(folder)
+    if layout is None and not is_dense_te(folder):
         return f"{folder}: no text encoder weights ({HQQ_FILE}, model.safetensors or bf16 shards)"
+    for f in te_weight_files(folder, layout):
+        if not f.is_file():
+            return f"{f}: file not found (incomplete download?)"
+        if f.suffix == ".safetensors":
+            read_header(f)  # offsets against the file size: "truncated" names the file
+        else:
+            check_archive(f)  # the zip directory sits at the end: a cut file has none
+    return None
+
+
+def te_weight_files(folder: Path, layout: str | None) -> list[Path]:
+    """The weight files a TE folder's loader reads: HQQ's archive, MLX's safetensors, or the bf16 shards."""
+    if layout == "hqq":
+        return [folder / HQQ_FILE]
+    index = folder / (_ST_INDEX if layout is None else MLX_FILE + ".index.json")
+    single = folder / (MLX_FILE if layout == "mlx" else "model.safetensors")
+    if layout == "mlx" and single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = (read_json_object(index) or {}).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise BonsaiFormatError(index, "weight_map", "the shard index has no weight_map object")
+        return sorted({folder / plain_file_name(index, f, k) for k, f in weight_map.items()})
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _te_subfolder(folder: Path) -> str | None:
+    """The label of a release folder's text encoder, for a snapshot root given where a TE folder is wanted."""
+    for name in (*TE_FOLDER_NAMES, DENSE_TE_FOLDER):
+        if (folder / name / "config.json").is_file():
+            for kind in TE_KINDS:
+                for root in folders.roots(kind):
+                    if root in folder.parents or root == folder:
+                        return f"{kind}/{(folder / name).relative_to(root).as_posix()}"
+            return name
     return None
 
 
 def is_te_folder(folder: Path) -> bool:
     return folders.is_ok("te-folder", folder, _te_problem)
+
+
+def te_folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` does not load as a text encoder (config, weight files present and not truncated), or None (cached)."""
+    return folders.check("te-folder", folder, _te_problem)
 
 
 def dense_te_folder(folder: Path) -> Path | None:
@@ -216,8 +266,9 @@ def list_te_folders() -> dict[str, Path]:
     out: dict[str, Path] = {}
     for kind in TE_KINDS:
         for root in folders.roots(kind):
-            for e in folders.walk(root, _LIST_DEPTH, descend=lambda e: not is_te_folder(e.path)):
-                if e.is_dir and is_te_folder(e.path):
+            for e in installed.walk(root, _LIST_DEPTH, descend=lambda e: not is_te_folder(e.path)):
+                # a part of a release whose download was interrupted is not offered: the release is not ready
+                if e.is_dir and is_te_folder(e.path) and not installed.is_interrupted(e.path):
                     out.setdefault(f"{kind}/{e.rel}", e.path)
     return dict(sorted(out.items()))
 
@@ -238,9 +289,13 @@ def resolve_label(label: object) -> Path:
 def validation_problem(label: object) -> str | None:
     try:
         folder = resolve_label(label)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         return str(e)
-    return folders.check("te-folder", folder, _te_problem)
+    except FileNotFoundError as e:
+        kind = label.partition("/")[0] if isinstance(label, str) else folders.BONSAI
+        return installed.not_found(str(e), str(label).partition("/")[2], (kind,), list_te_folders())
+    problem = te_folder_problem(folder)
+    return installed.with_resume(problem, folder) if problem is not None else None
 
 
 class BonsaiTextEncoderLoader(io.ComfyNode):

@@ -36,7 +36,7 @@ from ..bonsai_core.vae import (
     VAE_WEIGHTS_NAME,
     vae_tensor_shapes,
 )
-from . import folders
+from . import folders, installed
 
 log = escaping_logger(__name__)
 
@@ -67,8 +67,9 @@ def list_vae_folders() -> list[str]:
     A snapshot gives ``<repo-name>/vae``; a bare VAE folder dropped into ``models/bonsai/`` gives its name."""
     found: set[str] = set()
     for root in folders.roots(folders.BONSAI):
-        for e in folders.walk(root, _LIST_DEPTH, descend=lambda e: not is_vae_dir(e.path)):
-            if e.is_dir and is_vae_dir(e.path):
+        for e in installed.walk(root, _LIST_DEPTH, descend=lambda e: not is_vae_dir(e.path)):
+            # a part of a release whose download was interrupted is not offered: the release is not ready
+            if e.is_dir and is_vae_dir(e.path) and not installed.is_interrupted(e.path):
                 found.add(e.rel)
     return sorted(found)
 
@@ -179,10 +180,12 @@ class BonsaiVAELoader(io.ComfyNode):
             return True  # linked: ComfyUI passes None at queue time; execute resolves and guards the real value
         try:
             folder = resolve_vae_folder(vae_folder)
-        except (ValueError, FileNotFoundError) as e:
+        except ValueError as e:
             return str(e)
+        except FileNotFoundError as e:
+            return installed.not_found(str(e), vae_folder, (folders.BONSAI,), list_vae_folders())
         problem = folders.check("vae-header", folder, _vae_problem)
-        return True if problem is None else problem
+        return True if problem is None else installed.with_resume(problem, folder)
 
     @classmethod
     def execute(cls, vae_folder: str) -> io.NodeOutput:
