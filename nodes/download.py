@@ -50,6 +50,11 @@ class BonsaiDownloadError(Exception):
 BonsaiDownloadError.__module__ = "bonsai_image"
 
 
+def _bits_words() -> str:
+    """"ternary = 2-bit, binary = 1-bit", from the one table of variant bits."""
+    return ", ".join(f"{v} = {b}-bit" for v, b in sorted(VARIANT_BITS.items(), reverse=True))
+
+
 def models_location() -> ModelsLocation:
     """Where the node writes: ComfyUI's own ``bonsai`` folders (``models/bonsai`` registered idempotently)."""
     folders.register()  # the loaders' one registration of models/bonsai
@@ -77,17 +82,22 @@ class BonsaiDownloadModel(io.ComfyNode):
                 "Refresh the browser (R) afterwards so the loaders list it."
             ),
             inputs=[
-                io.Combo.Input("variant", options=sorted(VARIANT_BITS), default="ternary", tooltip="ternary = 2-bit, binary = 1-bit"),
+                io.Combo.Input("variant", options=sorted(VARIANT_BITS), default="ternary", tooltip=_bits_words()),
                 io.Combo.Input(
                     "release",
                     options=["auto", *RELEASES],
                     default="auto",
                     tooltip=(
                         f"auto = {AUTO_RELEASE}: the folders every shipped workflow loads, on CUDA, CPU and Apple alike. "
-                        "mlx: Apple's packed format; unpacked: bf16 weights (7.75 GB transformer)"
+                        f"gemlite and mlx (Apple's packed format): the transformer at the variant's bits ({_bits_words()}), "
+                        "the text encoder 4-bit; unpacked: bf16 weights throughout (7.75 GB transformer, bf16 text encoder)"
                     ),
                 ),
-                io.Boolean.Input("text_encoder", default=True, tooltip="also download the 4-bit text encoder"),
+                io.Boolean.Input(
+                    "text_encoder",
+                    default=True,
+                    tooltip="also download the Qwen3 text encoder: 4-bit in the gemlite (HQQ) and mlx releases, bf16 in unpacked",
+                ),
                 io.Boolean.Input("vae", default=True, tooltip="also download the VAE"),
                 io.Boolean.Input(
                     "to_canonical",

@@ -118,7 +118,8 @@ def _sampling(model, positive, negative, width, height, seed: int, size_from: tu
         wg.Node(23, "KSamplerSelect", {"sampler_name": "euler"}, pos=(C3, 350), size=(320, 80)),
         sched,
         latent,
-        wg.Node(24, "RandomNoise", {"noise_seed": seed}, pos=(C3, 0), size=(320, 100)),
+        # randomize: a second Run makes a new image (the API twins keep the fixed seed the tests compare)
+        wg.Node(24, "RandomNoise", {"noise_seed": seed}, pos=(C3, 0), size=(320, 100), control="randomize"),
         wg.Node(
             25,
             "SamplerCustomAdvanced",
@@ -182,6 +183,7 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
                     {"model": model, "positive": (10, 0)},
                     pos=(C3, 0),
                     size=(320, 220),
+                    control="randomize",
                 )
             )
         else:

@@ -71,22 +71,43 @@ STEMS = [p.stem for p in we.ui_workflows()]
 def site(comfyui: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The server, and ``use(kind)`` switching its models root between ``"empty"`` and ``"full"``."""
     base = tmp_path_factory.mktemp("browser")
-    empty, full = base / "models_empty", base / "models_full"
-    for root in (empty, full):
+    roots = {kind: base / f"models_{kind}" for kind in ("empty", "full", "snapshots", "mixed")}
+    for root in roots.values():
         for kind in ("bonsai", "diffusion_models", "loras"):
             (root / kind).mkdir(parents=True, exist_ok=True)
-    we.install_fixtures(full, base / "input", comfyui.root)
+    we.install_fixtures(roots["full"], base / "input", comfyui.root)
+    install_other_states(roots, comfyui.root)
     link = base / "models"  # what the server's extra_model_paths.yaml names
 
     def use(kind: str) -> None:
         tmp = base / f".models.{kind}.link"
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(full if kind == "full" else empty, target_is_directory=True)
+        tmp.symlink_to(roots[kind], target_is_directory=True)
         os.replace(tmp, link)  # atomic: the server never sees the folder missing
 
     use("full")
     with comfyui_server(comfyui.root, base) as server:
         yield {"url": server.url, "out": server.out, "use": use}
+
+
+def install_other_states(roots: dict[str, Path], comfy_root: Path) -> None:
+    """``snapshots``: the gemlite releases as downloaded (no --to-canonical file). ``mixed``: a user who holds
+    another release (ternary MLX), an interrupted gemlite download, and a release copied into diffusion_models."""
+    from bonsai_tools.synth import make_snapshot_fixture
+
+    full_bonsai = roots["full"] / "bonsai"
+    for snap in full_bonsai.iterdir():
+        if snap.is_dir():
+            (roots["snapshots"] / "bonsai" / snap.name).symlink_to(snap, target_is_directory=True)
+    tok = comfy_root / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    mixed = roots["mixed"]
+    make_snapshot_fixture("ternary", "mlx", mixed / "bonsai", seed=3, tokenizer_src=tok)
+    partial = make_snapshot_fixture("ternary", "gemlite", mixed / "bonsai", seed=3, tokenizer_src=tok)
+    shutil.rmtree(partial / "transformer-gemlite-int2")
+    cache = partial / ".cache" / "huggingface" / "download" / "transformer-gemlite-int2"
+    cache.mkdir(parents=True)
+    (cache / "Qm9uc2Fp.0a1b2c.incomplete").write_bytes(b"\0" * 4096)
+    (mixed / "diffusion_models" / "bonsai-image-binary-4B-gemlite-1bit" / "transformer-gemlite-int1").mkdir(parents=True)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +251,88 @@ def test_missing_models_are_explained_on_open(site: dict[str, Any], browser: Any
         finally:
             page.close()
     finally:
+        site["use"]("full")
+
+
+def open_with_models(site: dict[str, Any], browser: Any, kind: str, stem: str, *, platform: str | None = None) -> tuple[Page, str]:
+    """Open ``stem`` with the models root ``kind`` (optionally the server reporting ``platform``); the notice's text."""
+    site["use"](kind)
+    page = open_app(browser, site["url"])
+    if platform is not None:  # what GET /bonsai_image/installed says about the server's machine, as on a Mac
+        def fake(route: Any) -> None:
+            state = json.loads(route.fetch().text())
+            route.fulfill(json={**state, "platform": platform})
+
+        page.route("**/bonsai_image/installed", fake)
+    load(page, stem)
+    try:
+        page.locator(".p-toast-message", has_text="Bonsai Image").first.wait_for(timeout=NOTICE_TIMEOUT_MS)
+    except PlaywrightTimeout:
+        pytest.fail(f"{stem} with models {kind!r}: no Bonsai notice within {NOTICE_TIMEOUT_MS} ms; on screen: {notices(page)}")
+    return page, " ".join(t for t in notices(page) if "Bonsai Image" in t)
+
+
+def assert_notice_covers_no_loader(page: Page) -> None:
+    """The notice lies clear of the note and the loaders it talks about, and its close button dismisses it."""
+    state = canvas_state(page)
+    box = page.locator(".p-toast-message", has_text="Bonsai Image").first.bounding_box()
+    assert box is not None
+    s, (ox, oy) = state["scale"], state["offset"]
+    for n in state["nodes"]:
+        if n["type"] not in LOADERS and n["type"] != "MarkdownNote":
+            continue
+        x0, y0 = (n["pos"][0] + ox) * s, (n["pos"][1] - state["title_height"] + oy) * s
+        x1, y1 = (n["pos"][0] + n["size"][0] + ox) * s, (n["pos"][1] + n["size"][1] + oy) * s
+        apart = box["x"] >= x1 or box["x"] + box["width"] <= x0 or box["y"] >= y1 or box["y"] + box["height"] <= y0
+        assert apart, f"the notice {box} covers {n['title']} #{n['id']} ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f})"
+    page.locator(".p-toast-message", has_text="Bonsai Image").first.locator(".p-toast-close-button").click()
+    page.wait_for_timeout(800)
+    assert not [t for t in notices(page) if "Bonsai Image" in t], "the notice stayed after its close button"
+
+
+def test_notice_points_to_the_snapshot_folder_for_a_canonical_file(site: dict[str, Any], browser: Any, shots: Path) -> None:
+    page, text = open_with_models(site, browser, "snapshots", "Bonsai ternary 1024 three loaders")
+    try:
+        assert "not downloaded yet" not in text and "--to-canonical" in text, text
+        assert "bonsai-image-ternary-4B-gemlite-2bit/ -- pick it in model_name" in text, text
+        shot(page, shots / "notice-canonical-file.jpg")
+        assert_notice_covers_no_loader(page)
+    finally:
+        page.close()
+        site["use"]("full")
+
+
+def test_notice_with_other_releases_interrupted_and_misplaced(site: dict[str, Any], browser: Any, shots: Path) -> None:
+    page, text = open_with_models(site, browser, "mixed", "Bonsai ternary 1024 three loaders")
+    try:
+        # the text encoder and VAE of the interrupted release: resume, not download 4.5 GB
+        assert "run the same download again to resume" in text and "bonsai.py download ternary" in text, text
+        # the canonical file: the ternary release the user holds (MLX) is the folder to pick
+        assert "bonsai-image-ternary-4B-mlx-2bit/ -- pick it in model_name" in text, text
+        assert "models/diffusion_models/bonsai-image-binary-4B-gemlite-1bit" in text and "move the folder to models/bonsai/" in text, text
+        assert "not downloaded yet" not in text, text
+    finally:
+        page.close()
+    page, text = open_with_models(site, browser, "mixed", "Bonsai binary text to image 1024")
+    try:
+        assert "pick one of these installed entries" in text and "bonsai-image-ternary-4B-mlx-2bit/" in text, text
+        shot(page, shots / "notice-pick-installed.jpg")
+    finally:
+        page.close()
+        site["use"]("full")
+
+
+def test_notice_on_a_mac_names_the_mlx_release(site: dict[str, Any], browser: Any) -> None:
+    page, text = open_with_models(site, browser, "empty", STEMS[0], platform="darwin")
+    try:
+        assert "models not downloaded yet" in text and "--release mlx" in text and "On this Mac" in text, text
+    finally:
+        page.close()
+    page, text = open_with_models(site, browser, "empty", STEMS[0])
+    try:
+        assert "--release mlx" not in text, text  # not on this (Linux) server
+    finally:
+        page.close()
         site["use"]("full")
 
 

@@ -144,3 +144,16 @@ def test_template_category_is_named() -> None:
     tree = json.loads((REPO / "locales" / "en" / "main.json").read_text())
     names = tree["templateWorkflows"]["category"]
     assert names.get("bonsai-image") == "Bonsai Image", names  # the registry / Manager / README folder name
+
+
+SEEDED = {"RandomNoise": 1, "BonsaiSampler": 1}  # node type -> index of its control_after_generate value in widgets_values
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=_ids(UI_FILES))
+def test_ui_seeds_randomize(path: Path) -> None:
+    """A second Run makes a new image: the UI workflows' seeds are ``randomize`` (the API twins keep theirs fixed)."""
+    ui = json.loads(path.read_text())
+    seeded = [n for n in ui["nodes"] if n["type"] in SEEDED]
+    assert seeded, f"{path.name}: no seeded node"
+    for n in seeded:
+        assert n["widgets_values"][SEEDED[n["type"]]] == "randomize", f"{path.name}: {n['type']} #{n['id']} seed control {n['widgets_values']}"
