@@ -57,6 +57,22 @@ def open_regular(path: str | os.PathLike[str], what: str | None = None) -> Binar
         raise
 
 
+def same_file_path(f: BinaryIO) -> str | None:
+    """A path that opens the very file ``f`` has open, not whatever its name points to now
+    (``/proc/self/fd/N`` on Linux, ``/dev/fd/N`` on macOS); None where there is none (Windows).
+
+    For libraries that take only a path (``torch.load(mmap=True)``, the ``gguf`` reader): handing
+    them this path keeps a check and the read that follows on one file."""
+    for base in ("/proc/self/fd", "/dev/fd"):
+        candidate = f"{base}/{f.fileno()}"
+        try:
+            if os.path.samestat(os.stat(candidate), os.fstat(f.fileno())):
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
 def read_bounded(path: str | os.PathLike[str], limit: int, what: str | None = None) -> bytes:
     """The whole content of a regular file of at most ``limit`` bytes."""
     with open_regular(path, what) as f:

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .bounded import open_regular
+from .bounded import open_regular, same_file_path
 from .errors import BonsaiFormatError
 from .tensor_bounds import check_tensors
 from .torch_pickle import check_declarations, declared_tensors
@@ -124,18 +124,6 @@ def _entry_span(p: Path, f: Any, info: zipfile.ZipInfo, size: int) -> tuple[int,
     return info.header_offset, end, name
 
 
-def _same_file_path(f: Any) -> str | None:
-    """A path that opens the very file ``f`` has open (not whatever the name points to now)."""
-    for base in ("/proc/self/fd", "/dev/fd"):
-        candidate = f"{base}/{f.fileno()}"
-        try:
-            if os.path.samestat(os.stat(candidate), os.fstat(f.fileno())):
-                return candidate
-        except OSError:
-            continue
-    return None
-
-
 def load_archive(path: str | os.PathLike[str], *, mmap: bool = True) -> Any:
     """Open the file once, check its zip and its tensors' declarations (module docstring), then
     ``torch.load(weights_only=True)`` on CPU from the same open file; tensors view a map of the
@@ -144,7 +132,7 @@ def load_archive(path: str | os.PathLike[str], *, mmap: bool = True) -> Any:
     p = Path(path)
     with open_regular(p) as f:
         _check_open_archive(p, f)
-        same = _same_file_path(f)
+        same = same_file_path(f)
         try:
             if mmap and same is not None:
                 obj = torch.load(same, map_location="cpu", weights_only=True, mmap=True)

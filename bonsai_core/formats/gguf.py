@@ -20,14 +20,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import weakref
 from pathlib import Path
+from typing import BinaryIO
 
 import gguf
 import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..bounded import open_regular
+from ..bounded import open_regular, same_file_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, GeometryError, bfl_expected_shapes, infer_config_from_bfl_shapes
@@ -47,16 +50,23 @@ BLOCK_TYPES = "Q1_0 (binary) or Q2_0, PQ2_0, PTQ1_0, TQ1_0, TQ2_0 (ternary)"
 USE_INSTEAD = "use the gemlite, MLX or unpacked release of the same variant"
 
 
-def _read_bytes(path: Path, t: TensorInfo) -> np.ndarray:
-    """A tensor's raw bytes by a positioned read (the reader's memmap would keep every touched
-    page resident while converting)."""
-    buf = np.empty(t.n_bytes, np.uint8)
-    with open(path, "rb") as fh:
-        fh.seek(t.data_offset)
-        got = fh.readinto(buf)
-    if got != t.n_bytes:
-        raise BonsaiFormatError(path, t.name, f"read {got} of {t.n_bytes} bytes (truncated file?)")
-    return buf
+class _OpenFile:
+    """The one open GGUF file: its header was parsed from it and every tensor is read from it by
+    positioned reads (the reader's memmap would keep every touched page resident while
+    converting), so replacing the path while a model loads cannot mix two files or hang."""
+
+    def __init__(self, path: Path, fh: BinaryIO) -> None:
+        self.path, self.fh, self.lock = path, fh, threading.Lock()
+        weakref.finalize(self, fh.close)  # closed with the last checkpoint that reads from it
+
+    def read(self, t: TensorInfo) -> np.ndarray:
+        buf = np.empty(t.n_bytes, np.uint8)
+        with self.lock:
+            self.fh.seek(t.data_offset)
+            got = self.fh.readinto(buf)
+        if got != t.n_bytes:
+            raise BonsaiFormatError(self.path, t.name, f"read {got} of {t.n_bytes} bytes (truncated file?)")
+        return buf
 
 
 def _block_layouts(f: Path, reader: TensorIndex, tensors: dict[str, TensorInfo], packed: list[str]) -> dict[str, BlockLayout]:
@@ -95,9 +105,18 @@ def _block_layouts(f: Path, reader: TensorIndex, tensors: dict[str, TensorInfo],
 def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
     f = Path(path)
     check_expected_variant(f, variant)
-    open_regular(f).close()  # a FIFO or device is refused before the gguf package maps it
+    fh = open_regular(f)  # a FIFO or device is refused before the gguf package maps anything
     try:
-        reader = TensorIndex(f)
+        return _read_open_gguf(f, _OpenFile(f, fh), variant)
+    except BaseException:
+        fh.close()
+        raise
+
+
+def _read_open_gguf(f: Path, opened: _OpenFile, variant: str | None) -> BonsaiCheckpoint:
+    try:
+        # the package maps the file already open (by its descriptor path), not whatever the name points to now
+        reader = TensorIndex(same_file_path(opened.fh) or f)
     except Exception as e:  # the gguf package raises ValueError/struct.error/IndexError on bad files
         raise BonsaiFormatError(f, None, f"cannot read as GGUF (truncated or corrupt?): {e}") from e
     rotation = next((k for k in reader.fields if k.startswith("prism.hadamard.")), None)
@@ -111,6 +130,8 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
         for p in PREFIXES:
             if name.startswith(p):
                 name = name[len(p) :]
+        if name in tensors:  # one tensor under two name prefixes: never "the later one wins"
+            raise BonsaiFormatError(f, t.name, f"names the same tensor as '{tensors[name].name}' (two copies of {name})")
         tensors[name] = t
     logical: dict[str, tuple[int, ...]] = {name: t.shape for name, t in tensors.items()}
     try:
@@ -147,7 +168,7 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
         lay = layouts[key]
         if k % max(lay.weights, GROUP_SIZE):
             raise BonsaiFormatError(f, key, f"in_features {k} is not a multiple of the {lay.name} block ({lay.weights} weights)")
-        raw = torch.from_numpy(_read_bytes(f, tensors[key]))
+        raw = torch.from_numpy(opened.read(tensors[key]))
         try:
             codes, d = ggml_blocks.to_canonical(raw, lay, n, k)
         except ggml_blocks.GroupScaleMismatch as e:
@@ -160,7 +181,7 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
     def load_dense(key: str) -> torch.Tensor:
         t = tensors[key]
         shape = d_shapes[key]
-        raw_np = _read_bytes(f, t)
+        raw_np = opened.read(t)
         if t.type_id == Q.Q8_0:
             if shape[-1] % 32:
                 raise BonsaiFormatError(f, key, f"Q8_0 {list(shape)}: the row length is not a multiple of 32")
@@ -178,7 +199,7 @@ def read_gguf(path: str | os.PathLike[str], variant: str | None = None) -> Bonsa
         dense_shapes={k: (DENSE_TYPES[Q(tensors[k].type_id)], tuple(s)) for k, s in d_shapes.items()},
         load_packed=load_packed,
         load_dense=load_dense,
-        bytes_on_disk=f.stat().st_size,
+        bytes_on_disk=os.fstat(opened.fh.fileno()).st_size,
         extra={"scale_dtypes": dict.fromkeys(q_shapes, torch.float16)},
     )
 

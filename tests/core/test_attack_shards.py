@@ -152,3 +152,26 @@ def test_unpacked_shard_holding_a_key_the_index_does_not_place_there_is_refused(
     with pytest.raises(BonsaiFormatError, match="does not list it") as ei:
         open_checkpoint(unpacked_index)
     assert ei.value.tensor == "x_embedder.weight"
+
+
+def test_gguf_tensor_under_two_name_prefixes_is_refused_naming_both(tiny: dict, tmp_path: Path) -> None:
+    """``img_in.weight`` and ``model.diffusion_model.img_in.weight`` are the same tensor to the
+    reader; before, the later one silently won."""
+    import dataclasses
+
+    from bonsai_core.formats.gguf import write_gguf
+
+    src = open_checkpoint(tiny[("binary", "gguf")])
+    twin = "model.diffusion_model.img_in.weight"
+    ckpt = dataclasses.replace(
+        src,
+        dense_shapes={**src.dense_shapes, twin: src.dense_shapes["img_in.weight"]},
+        load_dense=lambda k: src.load_dense("img_in.weight" if k == twin else k),
+    )
+    path = write_gguf(ckpt, tmp_path / "twins.gguf")
+    with pytest.raises(BonsaiFormatError, match="two copies of img_in.weight") as ei:
+        open_checkpoint(path)
+    assert ei.value.path == str(path) and {ei.value.tensor, str(ei.value).split("same tensor as '")[1].split("'")[0]} == {
+        "img_in.weight",
+        twin,
+    }
