@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from .bounded import loads_strict
-from .checkpoint import CANONICAL_MARKER, FORMAT_VERSION, BonsaiCheckpoint, BonsaiMeta
+from .checkpoint import CANONICAL_MARKER, BonsaiCheckpoint, BonsaiMeta
 from .errors import BonsaiFormatError
 from .klein import GROUP_SIZE, GeometryError, KleinConfig, bfl_expected_shapes
 from .packing import PackedWeight, check_dense_values, check_values
 from .safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, read_header, write_safetensors
 
-# A quantized layer "<module>.weight" (uint8 codes) has its scales under "<module>.weight_scale".
+# A quantized layer "<module>.weight" (uint8 codes) has its scales under "<module>.weight_scale";
+# an affine layer (PackedWeight.zeros) also has "<module>.weight_zero", and then weight_scale is the
+# per-group multiplier of the code (W = q * weight_scale + weight_zero) instead of s.
 SCALE_LEAF = "weight_scale"
-__all__ = ["CANONICAL_MARKER", "SCALE_LEAF", "is_canonical", "load_canonical", "read_canonical", "save_canonical", "scale_key"]
+ZERO_LEAF = "weight_zero"
+# Files without affine layers are written as version 1 (unchanged); with one, as version 2, so a
+# reader from before affine layers existed refuses them with "update the node pack".
+AFFINE_FORMAT_VERSION = 2
+__all__ = [
+    "CANONICAL_MARKER", "SCALE_LEAF", "ZERO_LEAF", "is_canonical", "load_canonical", "read_canonical", "save_canonical", "scale_key",
+    "zero_key",
+]  # fmt: skip
 
 
 def scale_key(weight_key: str) -> str:
@@ -25,6 +35,11 @@ def scale_key(weight_key: str) -> str:
     if leaf != "weight" or not dot:
         raise ValueError(f"{weight_key!r} is not a '<module>.weight' key")
     return f"{module}.{SCALE_LEAF}"
+
+
+def zero_key(weight_key: str) -> str:
+    """``...qkv.weight`` -> ``...qkv.weight_zero`` (affine layers only)."""
+    return scale_key(weight_key)[: -len(SCALE_LEAF)] + ZERO_LEAF
 
 
 def is_canonical(path: str | os.PathLike[str]) -> bool:
@@ -52,17 +67,55 @@ def canonical_specs(ckpt: BonsaiCheckpoint) -> list[TensorSpec]:
         return cache[k]
 
     for key, (n, k_in) in ckpt.packed_shapes.items():
-        scale_dtype = ckpt.extra.get("scale_dtypes", {}).get(key)  # type: ignore[union-attr]
-        if scale_dtype is None:
-            scale_dtype = packed(key).scales.dtype
+        scale_dtype, is_affine = scale_form(ckpt, key, packed)
+        g = k_in // GROUP_SIZE
         specs.append(TensorSpec(key, torch.uint8, (n, k_in * bits // 8), lambda k=key: packed(k).codes))
-        specs.append(TensorSpec(scale_key(key), scale_dtype, (n, k_in // GROUP_SIZE), lambda k=key: packed(k).scales))
+        specs.append(TensorSpec(scale_key(key), scale_dtype, (n, g), lambda k=key, a=is_affine: _part(ckpt, packed(k), k, a, "scales")))
+        if is_affine:
+            specs.append(TensorSpec(zero_key(key), scale_dtype, (n, g), lambda k=key: _part(ckpt, packed(k), k, True, "zeros")))
     return specs
 
 
+class ScaleDtypes(dict):
+    """BFL layer -> scale dtype, plus which layers are affine (read from a canonical header)."""
+
+    def __init__(self, dtypes: dict[str, torch.dtype], affine_keys: set[str]) -> None:
+        super().__init__(dtypes)
+        self.affine_keys = frozenset(affine_keys)
+
+    def affine(self, key: str) -> bool:
+        return key in self.affine_keys
+
+
+def scale_form(ckpt: BonsaiCheckpoint, key: str, packed: Callable[[str], PackedWeight]) -> tuple[torch.dtype, bool]:
+    """(scale dtype, affine?) of one packed layer: from the reader's table when it has one
+    (computed from the scales alone; a table without ``affine()`` belongs to a layout that has
+    no affine layers), else from the loaded layer."""
+    table = ckpt.extra.get("scale_dtypes")
+    if isinstance(table, Mapping) and key in table:
+        affine = getattr(table, "affine", None)
+        return table[key], bool(affine(key)) if affine is not None else False
+    p = packed(key)
+    return p.scales.dtype, p.is_affine
+
+
+def _part(ckpt: BonsaiCheckpoint, p: PackedWeight, key: str, announced: bool, leaf: str) -> torch.Tensor:
+    """``p.scales`` / ``p.zeros``, refusing a layer whose kind differs from what the header announced
+    (the header is written first; silently dropping zeros would change the model)."""
+    if p.is_affine != announced:
+        kind = "affine" if p.is_affine else "canonical"
+        raise BonsaiFormatError(ckpt.path, key, f"loaded as a {kind} layer, but its reader's scale table said otherwise")
+    return p.scales if leaf == "scales" else p.zeros  # type: ignore[return-value]
+
+
 def save_canonical(ckpt: BonsaiCheckpoint, path: str | os.PathLike[str]) -> int:
-    """Write ``ckpt`` as one canonical ``.safetensors`` (atomic). Returns bytes written."""
-    return write_safetensors(path, canonical_specs(ckpt), ckpt.meta.to_metadata())
+    """Write ``ckpt`` as one canonical ``.safetensors`` (atomic). Returns bytes written.
+    Version 1 without affine layers, :data:`AFFINE_FORMAT_VERSION` with one."""
+    specs = canonical_specs(ckpt)
+    md = ckpt.meta.to_metadata()
+    if any(spec.name.endswith("." + ZERO_LEAF) for spec in specs):
+        md["bonsai_format_version"] = str(max(AFFINE_FORMAT_VERSION, int(md["bonsai_format_version"])))
+    return write_safetensors(path, specs, md)
 
 
 def write_canonical(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str]) -> Path:
@@ -105,8 +158,10 @@ def _meta(path: Path, md: dict[str, str]) -> BonsaiMeta:
     except (KeyError, ValueError, TypeError) as e:  # GeometryError is a ValueError
         what = "transformer geometry" if isinstance(e, GeometryError) else "metadata"
         raise BonsaiFormatError(path, "__metadata__", f"invalid canonical {what}: {e}") from e
-    if version > FORMAT_VERSION:
-        raise BonsaiFormatError(path, None, f"format version {version} is newer than this reader ({FORMAT_VERSION}); update the node pack")
+    if version > AFFINE_FORMAT_VERSION:
+        raise BonsaiFormatError(
+            path, None, f"format version {version} is newer than this reader ({AFFINE_FORMAT_VERSION}); update the node pack"
+        )
     if bits != meta.bits:
         raise BonsaiFormatError(path, "__metadata__", f"metadata says bits={bits} but variant {meta.variant} has {meta.bits}")
     return meta
@@ -123,6 +178,7 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
     meta = _meta(path, r.metadata)
     cfg, bits = meta.config, meta.bits
     packed_shapes: dict[str, tuple[int, int]] = {}
+    affine_keys: set[str] = set()
     expected_q, expected_d = bfl_expected_shapes(cfg)
     for key in expected_q:
         sk = scale_key(key)
@@ -144,6 +200,13 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
             raise BonsaiFormatError(
                 path, key, f"logical shape {[n, k_in]} does not match the metadata's geometry ({list(expected_q[key])})"
             )
+        zk = zero_key(key)
+        if zk in r:
+            if r.dtype_name(zk) != r.dtype_name(sk) or r.shape(zk) != r.shape(sk):
+                raise BonsaiFormatError(
+                    path, zk, f"zeros {r.dtype_name(zk)} {list(r.shape(zk))} must match the scales ({r.dtype_name(sk)} {[ns, g]})"
+                )
+            affine_keys.add(key)
         packed_shapes[key] = (n, k_in)
     dense_shapes: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     for key in expected_d:
@@ -157,7 +220,7 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
                 path, key, f"shape {list(r.shape(key))} does not match the metadata's geometry ({list(expected_d[key])})"
             )
         dense_shapes[key] = (dtype, r.shape(key))
-    known = set(expected_d) | set(expected_q) | {scale_key(k) for k in expected_q}
+    known = set(expected_d) | set(expected_q) | {scale_key(k) for k in expected_q} | {zero_key(k) for k in affine_keys}
     unknown = [k for k in r.keys() if k not in known]
     if unknown:
         raise BonsaiFormatError(path, unknown[0], f"unexpected tensor ({len(unknown)} unexpected in all)")
@@ -165,7 +228,8 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
     def load_packed(key: str) -> PackedWeight:
         if key not in packed_shapes:
             raise BonsaiFormatError(path, key, "not a quantized layer")
-        return check_values(PackedWeight(r.get(key), r.get(scale_key(key)), bits), path, key)
+        zeros = r.get(zero_key(key)) if key in affine_keys else None
+        return check_values(PackedWeight(r.get(key), r.get(scale_key(key)), bits, zeros=zeros), path, key)
 
     def load_dense(key: str) -> torch.Tensor:
         if key not in dense_shapes:
@@ -180,5 +244,5 @@ def load_canonical(path: str | os.PathLike[str] | SafetensorsReader, *, mmap: bo
         load_packed=load_packed,
         load_dense=load_dense,
         bytes_on_disk=r.size,
-        extra={"scale_dtypes": {k: _ST_TO_DTYPE[r.dtype_name(scale_key(k))] for k in packed_shapes}},
+        extra={"scale_dtypes": ScaleDtypes({k: _ST_TO_DTYPE[r.dtype_name(scale_key(k))] for k in packed_shapes}, affine_keys)},
     )

@@ -48,11 +48,13 @@ def dense_specs(ckpt: BonsaiCheckpoint, dtype: torch.dtype = torch.bfloat16) -> 
 
     def packed(key: str) -> torch.Tensor:
         p = ckpt.load_packed(key)
-        s = p.scales.float()
-        if torch.equal(s.to(dtype).float(), s):
-            return p.dequantize(dtype)  # exact: every product is +-s or 0, and s is a value of dtype
-        log.warning("%s: scales are not exact in %s; the dense copy is rounded", key, dtype)
-        return p.dequantize(torch.float32).to(dtype)
+        # dequantize() evaluates W = q * scale + zero in float32 and rounds once to dtype: exact for
+        # a canonical layer whose s is a value of dtype (every product is +-s or 0)
+        if p.is_affine:
+            log.warning("%s: affine layer (q * scale + zero per group); the dense %s copy is rounded", key, dtype)
+        elif not torch.equal(p.scales.float().to(dtype).float(), p.scales.float()):
+            log.warning("%s: scales are not exact in %s; the dense copy is rounded", key, dtype)
+        return p.dequantize(dtype)
 
     specs = [TensorSpec(k, dtype, tuple(s), lambda k=k: ckpt.load_dense(k).to(dtype)) for k, (_, s) in ckpt.dense_shapes.items()]
     specs += [TensorSpec(k, dtype, tuple(s), lambda k=k: packed(k)) for k, s in ckpt.packed_shapes.items()]

@@ -18,6 +18,16 @@ every backend calls :meth:`PackedWeight.dequantize` / :meth:`PackedWeight.affine
 The layout was chosen so the other released layouts are views, not repacks: gemlite's
 ``W_q [K*bits/8, N]`` is ``codes.T`` and MLX's ``uint32 [N, K*bits/32]`` is ``codes`` viewed as
 little-endian uint32.
+
+**Affine layers.** A released gemlite/MLX pack stores each group as ``(scale, zero)``. Where every
+group of a layer satisfies the Bonsai relation exactly (the usual case) the layer is kept as
+codes + one ``s`` per group as above. Where any group does not (a release whose zero is only
+approximately ``-scale/2``, scale 0, a subnormal bf16 scale), the layer keeps the file's own
+``(scale, zero)`` per group in :attr:`PackedWeight.zeros` and :attr:`PackedWeight.scales` is then
+the file's scale. Both kinds are evaluated by the same formula, :func:`dequantize_affine`:
+``W = q * scale + zero`` in float32, then rounded once to the requested dtype. For valid codes
+``q * scale`` is exact (q <= 2 only moves the exponent), so the result is the same whether a
+backend fuses the multiply-add or not, and for a canonical layer it equals ``{-1, 0, +1} * s``.
 """
 
 from __future__ import annotations
@@ -69,22 +79,38 @@ def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return q.reshape(n, kb * (8 // bits))
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The dequantization formula: packed codes + per-group scales -> dense ``[N, K]`` in ``dtype``.
+def dequantize_affine(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """THE dequantization formula: ``W[n, k] = q[n, k] * scale[n, g] + zero[n, g]`` (``g = k // 128``),
+    evaluated in float32 and rounded once to ``dtype``. Dense ``[N, K]``.
 
-    Values are exactly ``{-1, 0, +1} * s``; the product is exact whenever ``s`` is
-    representable in ``dtype`` (always for float32).
-    """
-    values = unpack_codes(codes, bits).to(dtype) * STEP[bits] + OFFSET
-    n, k = values.shape
-    g = scales.shape[1]
-    if k != g * GROUP_SIZE or scales.shape[0] != n:
-        raise ValueError(f"codes imply [{n}, {k}] but scales are {list(scales.shape)} (group size {GROUP_SIZE})")
-    return (values.view(n, g, GROUP_SIZE) * scales.to(dtype).unsqueeze(-1)).view(n, k)
+    ``q * scale`` is exact for every valid code (0, 1, 2), so this is also the fused
+    multiply-add a kernel may compute; only the add and the final cast round."""
+    q = unpack_codes(codes, bits)
+    n, k = q.shape
+    g = scale.shape[1]
+    if k != g * GROUP_SIZE or tuple(scale.shape) != (n, g) or tuple(zero.shape) != (n, g):
+        raise ValueError(
+            f"codes imply [{n}, {k}] but scale/zero are {list(scale.shape)}/{list(zero.shape)} (group size {GROUP_SIZE})"
+        )
+    w = q.to(torch.float32).view(n, g, GROUP_SIZE)
+    w.mul_(scale.float().unsqueeze(-1)).add_(zero.float().unsqueeze(-1))
+    w = w.view(n, k)
+    return w if dtype == torch.float32 else w.to(dtype)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A canonical layer (codes + one ``s`` per group) through :func:`dequantize_affine`.
+
+    Values are exactly ``{-1, 0, +1} * s`` rounded to ``dtype`` (exact whenever ``s`` is
+    representable in ``dtype``; always for float32)."""
+    scale, zero = affine(scales, bits)
+    return dequantize_affine(codes, scale, zero, bits, dtype)
 
 
 def affine(scales: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The formula as ``W = q * scale + zero`` per group: ``(STEP * s, OFFSET * s)`` in ``dtype``.
+    """A canonical layer's ``(scale, zero)`` per group: ``(STEP * s, OFFSET * s)`` in ``dtype``.
 
     Computed in float32, then cast: ``STEP * s`` only moves the exponent, so both are exact in
     ``dtype`` whenever ``s`` is and ``STEP * s`` does not overflow it (callers that need fp16
@@ -92,6 +118,31 @@ def affine(scales: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) 
     _check_bits(bits)
     s = scales.float()
     return (s * STEP[bits]).to(dtype), (s * OFFSET).to(dtype)
+
+
+def exact_relation(scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per group, True where ``(scale, zero)`` is exactly the Bonsai pair ``(STEP * s, -s)`` with
+    ``s = -zero`` (binary: ``scale == 2 * -zero``, ternary: ``scale == -zero``), compared as float32
+    values. Those groups are canonical; a layer with any other group is kept affine."""
+    s = -zero.float()
+    want, _ = affine(s, bits)
+    return scale.float() == want
+
+
+def split_affine(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+) -> tuple[PackedWeight, int]:
+    """A layer read as ``W = q * scale + zero`` -> (its :class:`PackedWeight`, groups off the relation).
+
+    Canonical (codes + ``s = -zero``) when every group satisfies :func:`exact_relation`; otherwise
+    the file's own pair per group, in the smallest float dtype that holds both exactly. Raises
+    ValueError on shapes that do not fit (callers name the file)."""
+    ok = exact_relation(scale, zero, bits)
+    off = int(ok.numel() - int(ok.sum()))
+    if off == 0:
+        return PackedWeight(codes, compact_scales((-zero.float()).contiguous()), bits), 0
+    both = compact_scales(torch.stack([scale.float(), zero.float()]))
+    return PackedWeight(codes, both[0].contiguous(), bits, zeros=both[1].contiguous()), off
 
 
 def compact_scales(scales: torch.Tensor) -> torch.Tensor:
@@ -163,6 +214,17 @@ def check_values(p: PackedWeight, path: object = "?", tensor: str | None = None)
     if not all_finite(p.scales):
         n, g = (~torch.isfinite(p.scales)).nonzero()[0].tolist()
         raise BonsaiFormatError(path, tensor, f"scale at row {n}, group {g} is {p.scales[n, g].item()}; scales must be finite")
+    if p.zeros is not None:
+        if not all_finite(p.zeros):
+            n, g = (~torch.isfinite(p.zeros)).nonzero()[0].tolist()
+            raise BonsaiFormatError(path, tensor, f"zero at row {n}, group {g} is {p.zeros[n, g].item()}; zeros must be finite")
+        # q * scale + zero is monotone in q: its ends (q = 0 and the largest code) bound every value
+        top = p.scales.float() * MAX_CODE[p.bits] + p.zeros.float()
+        if not all_finite(top):
+            n, g = (~torch.isfinite(top)).nonzero()[0].tolist()
+            raise BonsaiFormatError(
+                path, tensor, f"row {n}, group {g}: {MAX_CODE[p.bits]} * scale + zero overflows float32; weights must be finite"
+            )
     if p.bits == 2:
         # a 2-bit field holds 3 exactly when both of its bits are set
         both = p.codes & (p.codes >> 1) & 0x55
@@ -191,11 +253,17 @@ def _raise_first_bad(bad: torch.Tensor, path: str, tensor: str, what: str) -> No
 
 @dataclass
 class PackedWeight:
-    """One quantized linear in canonical form (never a dense copy)."""
+    """One quantized linear, packed (never a dense copy).
+
+    ``zeros is None``: canonical, ``scales`` holds ``s`` and ``W = (q * STEP + OFFSET) * s``.
+    ``zeros`` given: affine, ``scales``/``zeros`` hold the source's own pair and
+    ``W = q * scales + zeros``. Either way :meth:`affine` gives ``(scale, zero)`` and
+    :meth:`dequantize` evaluates :func:`dequantize_affine`."""
 
     codes: torch.Tensor  # uint8 [N, K*bits/8]
     scales: torch.Tensor  # [N, K/128]
     bits: int
+    zeros: torch.Tensor | None = None  # [N, K/128], same dtype as scales; None = canonical
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
@@ -203,6 +271,8 @@ class PackedWeight:
             raise ValueError(f"codes must be 2-D uint8, got {self.codes.dtype} {list(self.codes.shape)}")
         if self.scales.ndim != 2 or self.scales.shape[0] != self.codes.shape[0]:
             raise ValueError(f"scales {list(self.scales.shape)} do not match codes {list(self.codes.shape)}")
+        if self.zeros is not None and (tuple(self.zeros.shape) != tuple(self.scales.shape) or not self.zeros.is_floating_point()):
+            raise ValueError(f"zeros {self.zeros.dtype} {list(self.zeros.shape)} do not match scales {list(self.scales.shape)}")
         if self.codes.shape[1] * (8 // self.bits) != self.scales.shape[1] * GROUP_SIZE:
             raise ValueError(
                 f"codes {list(self.codes.shape)} at {self.bits} bit imply K={self.codes.shape[1] * 8 // self.bits}, "
@@ -226,25 +296,56 @@ class PackedWeight:
         return GROUP_SIZE
 
     @property
+    def is_affine(self) -> bool:
+        return self.zeros is not None
+
+    @property
     def code_map(self) -> tuple[int, int]:
-        """``(step, offset)``: code ``q`` stands for ``q * step + offset`` times the group scale."""
+        """``(step, offset)``: code ``q`` stands for ``q * step + offset`` times the group scale.
+        Only meaningful for a canonical layer; kernels check :attr:`zeros` first."""
         return STEP[self.bits], OFFSET
 
     def affine(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, zero)`` ``[N, K/128]`` with ``W = q * scale + zero`` (see :func:`affine`)."""
+        """``(scale, zero)`` ``[N, K/128]`` in ``dtype`` with ``W = q * scale + zero``: the stored pair
+        of an affine layer, :func:`affine` of ``s`` for a canonical one."""
+        if self.zeros is not None:
+            return self.scales.to(dtype), self.zeros.to(dtype)
         return affine(self.scales, self.bits, dtype)
+
+    def max_abs(self) -> torch.Tensor:
+        """float32 ``[N, K/128]``: the largest ``|W|`` in each group (at q = 0 or the largest code)."""
+        if self.zeros is None:
+            return self.scales.float().abs()
+        scale, zero = self.affine(torch.float32)
+        return torch.maximum(zero.abs(), (scale * MAX_CODE[self.bits] + zero).abs())
 
     @property
     def nbytes(self) -> int:
-        return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
+        extra = 0 if self.zeros is None else self.zeros.numel() * self.zeros.element_size()
+        return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size() + extra
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(self.codes, self.scales, self.bits, dtype)
+        scale, zero = self.affine(torch.float32)
+        return dequantize_affine(self.codes, scale, zero, self.bits, dtype)
+
+    def as_affine(self) -> PackedWeight:
+        """The same weight with an explicit ``(scale, zero)`` per group (exact: float32 when the
+        canonical ``2 * s`` would not fit the scales' dtype)."""
+        if self.zeros is not None:
+            return self
+        scale, zero = self.affine(torch.float32)
+        both = compact_scales(torch.stack([scale, zero]))
+        return PackedWeight(self.codes, both[0], self.bits, zeros=both[1])
 
     def to(self, device: torch.device | str) -> PackedWeight:
-        return PackedWeight(self.codes.to(device), self.scales.to(device), self.bits)
+        zeros = None if self.zeros is None else self.zeros.to(device)
+        return PackedWeight(self.codes.to(device), self.scales.to(device), self.bits, zeros=zeros)
 
     def split(self, sizes: list[int]) -> list[PackedWeight]:
         codes = self.codes.split(sizes, 0)
         scales = self.scales.split(sizes, 0)
-        return [PackedWeight(c.contiguous(), s.contiguous(), self.bits) for c, s in zip(codes, scales)]
+        zeros = self.zeros.split(sizes, 0) if self.zeros is not None else [None] * len(codes)
+        return [
+            PackedWeight(c.contiguous(), s.contiguous(), self.bits, zeros=None if z is None else z.contiguous())
+            for c, s, z in zip(codes, scales, zeros)
+        ]

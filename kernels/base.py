@@ -40,16 +40,21 @@ class PackedLinearWeight(Protocol):
       ``k // (8 // bits)`` at bit ``(k % (8 // bits)) * bits``);
     * ``scales``: ``[N, K / group_size]``, one magnitude ``s`` per group of ``group_size`` inputs;
     * ``value(q) = q * step + offset`` with ``(step, offset) = code_map``, and
-      ``W[n, k] = value(q[n, k]) * s[n, k // group_size]``.
+      ``W[n, k] = value(q[n, k]) * s[n, k // group_size]``;
+    * or, when ``zeros`` is not None (an *affine* layer, kept as its source file stored it),
+      ``scales``/``zeros`` are ``(scale, zero)`` per group and ``W[n, k] = q * scale + zero``,
+      evaluated in float32 and rounded once to the output dtype.
 
-    Backends never restate this formula: they call :meth:`dequantize` / :meth:`affine`, or
-    read ``code_map`` to evaluate it inside a kernel, and are tested bit-exact against
-    :meth:`dequantize`.
+    Backends never restate these formulas: they call :meth:`dequantize` / :meth:`affine`, or
+    read ``code_map`` / ``zeros`` to evaluate them inside a kernel, and are tested bit-exact
+    against :meth:`dequantize`. A backend that cannot take a per-group zero computes
+    ``F.linear(x, weight.dequantize(x.dtype))`` for affine layers instead.
     """
 
     codes: torch.Tensor
     scales: torch.Tensor
     bits: int
+    zeros: torch.Tensor | None
 
     @property
     def group_size(self) -> int: ...
@@ -72,6 +77,10 @@ class PackedLinearWeight(Protocol):
     def affine(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero)``, each ``[N, K / group_size]`` in ``dtype``, with ``W = q * scale + zero``
         (the form gemlite and MLX consume). Exact whenever ``step * s`` is representable."""
+        ...
+
+    def max_abs(self) -> torch.Tensor:
+        """float32 ``[N, K / group_size]``: the largest ``|W|`` of each group."""
         ...
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .base import FP8_MAX, BackendUnavailable, LowBitBackend, PackedLinearWeight
-from .triton_dequant import SCRATCH, interpreting, tl, triton, unpack_into  # triton or its stand-in when missing
+from .triton_dequant import SCRATCH, dequant_linear, interpreting, tl, triton, unpack_into  # triton or its stand-in when missing
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,10 @@ class FP8BlockwiseBackend(LowBitBackend):
         return out
 
     def matmul(self, x2d: torch.Tensor, weight: PackedLinearWeight, state: dict[str, Any]) -> torch.Tensor:
+        if getattr(weight, "zeros", None) is not None:
+            # an affine layer has no exact e4m3 {-1, 0, +1} values for the g128 scales to multiply:
+            # its product goes through the exact dense path instead (same formula, never less exact)
+            return dequant_linear(x2d, weight)
         m = x2d.shape[0]
         variants = self.variants(x2d.device, m)
         if len(variants) == 1:

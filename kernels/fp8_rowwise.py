@@ -45,8 +45,8 @@ _WARPS = 8
 
 def _prep_kernel_src(
     codes_ptr, scales_ptr, r_ptr, w_ptr, x_ptr, q_ptr, s_ptr, N, M, K, codes_stride, scales_stride, w_stride, stride_xm, stride_qm,
-    W_PROGRAMS, BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr,
+    W_PROGRAMS, zeros_ptr, zeros_stride, BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr, HAS_ZERO: tl.constexpr,
 ):  # fmt: skip
     # One launch for both operands (a Triton launch costs ~20 us of CPU, and a 512² step is CPU
     # bound): the first W_PROGRAMS programs write the weight, one (row block, scale group) each;
@@ -63,20 +63,33 @@ def _prep_kernel_src(
         byte = tl.load(codes_ptr + rows[:, None] * codes_stride + (g * KB + tl.arange(0, KB))[None, :], mask=rmask[:, None], other=0)
         shifts = tl.arange(0, E) * BITS
         qw = tl.reshape((byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK, (BLOCK_N, GROUP))  # LSB-first along K
-        v = qw.to(tl.float32) * STEP_V + OFFSET_V  # the weight's own code map: -1, 0 or +1
-        # The row's largest group scale, recomputed by every program of the row block (its few
+        # The row's largest group scale (affine layer: largest |W|, at q = 0 or the top code), recomputed by every program of the row block (its few
         # scales come from L2): nothing is prepared ahead or kept between calls, so the launch is
         # safe to record in a CUDA graph and to replay after the weights moved.
         gcols = tl.arange(0, BLOCK_G)
         sall = tl.load(
             scales_ptr + rows[:, None] * scales_stride + gcols[None, :], mask=rmask[:, None] & (gcols < groups)[None, :], other=0
         )
-        smax = tl.maximum(tl.max(tl.abs(sall.to(tl.float32)), axis=1), 1e-12)
+        if HAS_ZERO:
+            zall = tl.load(
+                zeros_ptr + rows[:, None] * zeros_stride + gcols[None, :], mask=rmask[:, None] & (gcols < groups)[None, :], other=0
+            ).to(tl.float32)
+            top = tl.abs(sall.to(tl.float32) * BITS + zall)  # the largest code is BITS (binary 1, ternary 2)
+            smax = tl.maximum(tl.max(tl.maximum(tl.abs(zall), top), axis=1), 1e-12)
+        else:
+            smax = tl.maximum(tl.max(tl.abs(sall.to(tl.float32)), axis=1), 1e-12)
         winv = tl.math.div_rn(448.0, smax)  # IEEE, as torch's 448 / smax in row_scales
         if g == 0:
             tl.store(r_ptr + rows, tl.math.div_rn(smax, 448.0), mask=rmask)  # the GEMM's per-row weight scale
         sc = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
-        w8 = (v * (sc * winv)[:, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # |.| <= 448 by construction
+        if HAS_ZERO:
+            # affine layer: the fp32 weight q * scale + zero, then the same row scaling
+            zr = tl.load(zeros_ptr + rows * zeros_stride + g, mask=rmask, other=0).to(tl.float32)
+            wf = (qw.to(tl.float32) * sc[:, None] + zr[:, None]) * winv[:, None]
+        else:
+            v = qw.to(tl.float32) * STEP_V + OFFSET_V  # the weight's own code map: -1, 0 or +1
+            wf = v * (sc * winv)[:, None]
+        w8 = wf.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # |.| <= 448 by construction
         wcols = g * GROUP + tl.arange(0, GROUP)
         tl.store(w_ptr + rows[:, None] * w_stride + wcols[None, :], w8, mask=rmask[:, None])
     else:
@@ -99,8 +112,9 @@ def _kernels(interpret: bool) -> Any:
 
 
 def row_scales(weight: PackedLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(r, inv)``, fp32 ``[N]``: ``r = max_g |s| / 448`` (the GEMM's weight scale) and ``448 / max_g |s|``."""
-    smax = weight.scales.float().abs().amax(dim=1).clamp_min(_TINY)
+    """``(r, inv)``, fp32 ``[N]``: ``r = max |W[n]| / 448`` (the GEMM's weight scale) and ``448 / max |W[n]|``
+    (``max |W[n]|`` is the largest group scale of a canonical row; an affine row's largest ``|q * scale + zero|``)."""
+    smax = weight.max_abs().amax(dim=1).clamp_min(_TINY)
     return smax / FP8_MAX, FP8_MAX / smax
 
 
@@ -125,11 +139,13 @@ def prepare(
     w = w_out.view(torch.uint8) if w_out is not None else q.view(torch.uint8)  # unused when w_programs == 0
     step, offset = weight.code_map
     r = r_out if r_out is not None else s  # unused when w_programs == 0
+    zeros = getattr(weight, "zeros", None)
+    zp = zeros if zeros is not None else scales  # unused without HAS_ZERO
     _kernels(interpreting())[(w_programs + m,)](
         codes, scales, r, w, x2d, q.view(torch.uint8), s, n, m, k, codes.stride(0), scales.stride(0), w.stride(0),
-        x2d.stride(0), q.stride(0), w_programs,
+        x2d.stride(0), q.stride(0), w_programs, zp, zp.stride(0),
         BITS=bits, STEP_V=float(step), OFFSET_V=float(offset), GROUP=group, BLOCK_N=_W_BLOCK_N,
-        BLOCK_K=triton.next_power_of_2(k), BLOCK_G=triton.next_power_of_2(k // group), num_warps=_WARPS,
+        BLOCK_K=triton.next_power_of_2(k), BLOCK_G=triton.next_power_of_2(k // group), HAS_ZERO=zeros is not None, num_warps=_WARPS,
     )  # fmt: skip
     return q, s
 

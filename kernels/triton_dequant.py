@@ -53,9 +53,9 @@ def interpreting() -> bool:
 
 
 def _dequant_kernel_src(
-    codes_ptr, scales_ptr, out_ptr, N, codes_stride, scales_stride, out_stride,
+    codes_ptr, scales_ptr, out_ptr, N, codes_stride, scales_stride, out_stride, zeros_ptr, zeros_stride,
     BITS: tl.constexpr, STEP_V: tl.constexpr, OFFSET_V: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_N: tl.constexpr, OUT_FP8: tl.constexpr, ROUND_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr, OUT_FP8: tl.constexpr, ROUND_BF16: tl.constexpr, HAS_ZERO: tl.constexpr, META_BF16: tl.constexpr,
 ):  # fmt: skip
     # Plain function, wrapped by triton.jit in _kernels(): the interpreter mode
     # (TRITON_INTERPRET) is read when a function is wrapped, so tests can switch it.
@@ -72,21 +72,41 @@ def _dequant_kernel_src(
     q3 = (byte[:, :, None].to(tl.int32) >> shifts[None, None, :]) & MASK
     q = tl.reshape(q3, (BLOCK_N, GROUP))  # element (n, b, e) is k = b * E + e: LSB-first
     cols = g * GROUP + tl.arange(0, GROUP)
-    v = q.to(tl.float32) * STEP_V + OFFSET_V  # the weight's code map: exactly -1, 0 or +1
-    if OUT_FP8:
-        # unscaled values in e4m3 (exact), stored through a uint8 view; the GEMM applies the scales
-        v8 = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], v8, mask=rmask[:, None])
-    else:
-        s = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
+    if HAS_ZERO:
+        # affine layer: W = q * scale + zero in fp32 (q * scale is exact, so a fused multiply-add
+        # gives the same bits), rounded once to the output dtype like dequantize()
+        sc = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0)
+        zr = tl.load(zeros_ptr + rows * zeros_stride + g, mask=rmask, other=0)
+        if META_BF16:
+            # bf16 -> fp32 by its bits (exact; the interpreter's float cast flushes subnormal scales)
+            sc = (sc.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+            zr = (zr.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        wa = q.to(tl.float32) * sc.to(tl.float32)[:, None] + zr.to(tl.float32)[:, None]
         if ROUND_BF16:
-            # Round the scale to bf16 first, exactly like dequantize()'s scales.to(bf16): explicit
-            # round-to-nearest-even on the fp32 bits (the interpreter's own cast truncates).
-            u = s.to(tl.uint32, bitcast=True)
-            u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-            s = u.to(tl.float32, bitcast=True)
-        w = (v * s[:, None]).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], w, mask=rmask[:, None])
+            # round-to-nearest-even on the bits and store the upper half as the bf16 bit pattern:
+            # no float cast at all, so subnormal weights survive (the interpreter's cast flushes them)
+            ua = wa.to(tl.uint32, bitcast=True)
+            ua = (ua + 0x7FFF + ((ua >> 16) & 1)) >> 16
+            wo = ua.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            wo = wa.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], wo, mask=rmask[:, None])
+    else:
+        v = q.to(tl.float32) * STEP_V + OFFSET_V  # the weight's code map: exactly -1, 0 or +1
+        if OUT_FP8:
+            # unscaled values in e4m3 (exact), stored through a uint8 view; the GEMM applies the scales
+            v8 = v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+            tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], v8, mask=rmask[:, None])
+        else:
+            s = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
+            if ROUND_BF16:
+                # Round the scale to bf16 first, exactly like dequantize()'s scales.to(bf16): explicit
+                # round-to-nearest-even on the fp32 bits (the interpreter's own cast truncates).
+                u = s.to(tl.uint32, bitcast=True)
+                u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+                s = u.to(tl.float32, bitcast=True)
+            w = (v * s[:, None]).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + rows[:, None] * out_stride + cols[None, :], w, mask=rmask[:, None])
 
 
 @lru_cache(maxsize=2)
@@ -104,8 +124,13 @@ def unpack_into(weight: PackedLinearWeight, out: torch.Tensor, *, fp8_values: bo
     if codes.shape[1] * (8 // bits) != k or out.shape != (n, k):
         raise ValueError(f"codes {list(codes.shape)} / scales {list(scales.shape)} / out {list(out.shape)} disagree at {bits} bit")
     step, offset = weight.code_map
+    zeros = getattr(weight, "zeros", None)
+    if zeros is not None and fp8_values:
+        raise ValueError("an affine layer (per-group zeros) has no unscaled {-1, 0, +1} values")
     round_bf16 = False
-    if not fp8_values and scales.dtype != out.dtype and out.dtype != torch.float32:
+    if zeros is not None:
+        round_bf16 = out.dtype == torch.bfloat16  # the fp32 result itself is rounded
+    elif not fp8_values and scales.dtype != out.dtype and out.dtype != torch.float32:
         if out.dtype == torch.bfloat16:
             round_bf16 = True
         else:  # fp16 output from bf16/fp32 scales (old GPUs): round with torch, tiny tensor
@@ -113,10 +138,12 @@ def unpack_into(weight: PackedLinearWeight, out: torch.Tensor, *, fp8_values: bo
     kern = _kernels(interpreting())
     block_n, warps = DEQUANT_CONFIGS[config]
     grid = (triton.cdiv(n, block_n), k // group)
+    zp = zeros if zeros is not None else scales  # unused without HAS_ZERO
     kern[grid](
-        codes, scales, out, n, codes.stride(0), scales.stride(0), out.stride(0),
+        codes, scales, out, n, codes.stride(0), scales.stride(0), out.stride(0), zp, zp.stride(0),
         BITS=bits, STEP_V=float(step), OFFSET_V=float(offset), GROUP=group,
-        BLOCK_N=block_n, OUT_FP8=fp8_values, ROUND_BF16=round_bf16, num_warps=warps,
+        BLOCK_N=block_n, OUT_FP8=fp8_values, ROUND_BF16=round_bf16, HAS_ZERO=zeros is not None,
+        META_BF16=zeros is not None and scales.dtype == torch.bfloat16, num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -171,6 +198,16 @@ class Scratch:
 
 
 SCRATCH = Scratch()
+
+
+def dequant_linear(x2d: torch.Tensor, weight: PackedLinearWeight, config: str | None = None) -> torch.Tensor:
+    """``x2d @ W.T`` through the dense scratch (exact); plain torch where no Triton kernel can run.
+    Also the fallback of backends that cannot take an affine layer's per-group zeros."""
+    if not triton_available() or (x2d.device.type != "cuda" and not interpreting()):
+        return torch.nn.functional.linear(x2d, weight.dequantize(x2d.dtype))
+    w = SCRATCH.get(x2d.device, x2d.dtype, (weight.out_features, weight.in_features))
+    unpack_into(weight, w, config=config or next(iter(DEQUANT_CONFIGS)))
+    return torch.nn.functional.linear(x2d, w)
 
 
 class TritonDequantBackend(LowBitBackend):

@@ -62,11 +62,20 @@ class _NoTensorState(ChainMap):  # type: ignore[type-arg]
 
 
 def packed_linear(
-    x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int, *, keep_tensors: bool = True
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    bits: int,
+    backend: str,
+    layer_id: int,
+    zeros: torch.Tensor | None = None,
+    *,
+    keep_tensors: bool = True,
 ) -> torch.Tensor:
     """``x @ W.T`` for the packed ``W`` of layer ``layer_id``, reusing that layer's prepared state
     when ``codes`` / ``scales`` are its resident buffers (an offloaded layer's streamed copy gets a
-    throw-away state). ``keep_tensors=False`` (the compiled op) keeps no tensor anywhere."""
+    throw-away state). ``zeros``: an affine layer's per-group zeros (``PackedWeight.zeros``).
+    ``keep_tensors=False`` (the compiled op) keeps no tensor anywhere."""
     layer = _layers.get(layer_id)
     state: Any
     if layer is not None and layer.codes is not None and layer.codes.data_ptr() == codes.data_ptr() and layer.codes.device == codes.device:
@@ -79,7 +88,7 @@ def packed_linear(
     if weight is None or weight.codes.data_ptr() != codes.data_ptr():
         # shapes were checked at load: the weight object (views of the buffers, no allocation)
         # is built once per placement (and per call for the compiled op's graph-input tensors)
-        weight = state["weight"] = PackedWeight(codes, scales, bits)
+        weight = state["weight"] = PackedWeight(codes, scales, bits, zeros=zeros)
     if keep_tensors:
         return lowbit_linear(x, weight, backend=backend, state=state)
     with SCRATCH.transient():
@@ -96,13 +105,17 @@ def _define() -> Any:
         return existing
 
     @torch.library.custom_op(OP_NAME, mutates_args=())
-    def _op(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int) -> torch.Tensor:
-        y = packed_linear(x, codes, scales, bits, backend, layer_id, keep_tensors=False)
+    def _op(
+        x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int, zeros: torch.Tensor | None
+    ) -> torch.Tensor:
+        y = packed_linear(x, codes, scales, bits, backend, layer_id, zeros, keep_tensors=False)
         # a custom op's output may not alias its inputs; lowbit_linear always returns a new tensor
         return y
 
     @_op.register_fake
-    def _fake(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int) -> torch.Tensor:
+    def _fake(
+        x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int, zeros: torch.Tensor | None
+    ) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], codes.shape[0]))
 
     return _op
@@ -111,8 +124,10 @@ def _define() -> Any:
 _OP = _define()
 
 
-def call(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int) -> torch.Tensor:
+def call(
+    x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bits: int, backend: str, layer_id: int, zeros: torch.Tensor | None = None
+) -> torch.Tensor:
     """The op under ``torch.compile``; the plain function otherwise."""
     if torch.compiler.is_compiling():
-        return _OP(x, codes, scales, bits, backend, layer_id)
-    return packed_linear(x, codes, scales, bits, backend, layer_id)
+        return _OP(x, codes, scales, bits, backend, layer_id, zeros)
+    return packed_linear(x, codes, scales, bits, backend, layer_id, zeros)

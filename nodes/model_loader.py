@@ -24,7 +24,7 @@ import torch
 from comfy_api.latest import io
 
 from ..bonsai_core import dispatch
-from ..bonsai_core.canonical import scale_key
+from ..bonsai_core.canonical import scale_key, zero_key
 from ..bonsai_core.checkpoint import BonsaiCheckpoint
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.escape import escaping_logger
@@ -73,7 +73,8 @@ def chosen_backend(backend: str, bits: int, dtype: torch.dtype) -> str:
 
 
 def bfl_state_dict(ckpt: BonsaiCheckpoint) -> tuple[dict[str, torch.Tensor], int]:
-    """The state dict ComfyUI loads (BFL keys; packed layers as ``weight`` + ``weight_scale``) and
+    """The state dict ComfyUI loads (BFL keys; packed layers as ``weight`` + ``weight_scale``, affine
+    ones also ``weight_zero``) and
     the logical parameter count (what the dense model would have)."""
     sd: dict[str, torch.Tensor] = {}
     params = 0
@@ -81,6 +82,8 @@ def bfl_state_dict(ckpt: BonsaiCheckpoint) -> tuple[dict[str, torch.Tensor], int
         if isinstance(value, PackedWeight):
             sd[key] = value.codes
             sd[scale_key(key)] = value.scales
+            if value.zeros is not None:  # affine layer: W = q * scale + zero per group
+                sd[zero_key(key)] = value.zeros
             params += value.out_features * value.in_features
         else:
             sd[key] = value

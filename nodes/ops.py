@@ -5,8 +5,9 @@ through ``operations.Linear``. :class:`BonsaiOps` is ``comfy.ops.manual_cast`` w
 its ``Linear`` allocates nothing in ``__init__`` and decides what it is when the state dict
 arrives:
 
-* packed: ``<prefix>weight`` (uint8 codes) + ``<prefix>weight_scale`` are kept as the buffers
-  ``codes`` / ``scales`` (never a dense copy); ``forward`` runs
+* packed: ``<prefix>weight`` (uint8 codes) + ``<prefix>weight_scale`` (+ ``<prefix>weight_zero`` for
+  an affine layer, see ``bonsai_core.packing.PackedWeight.zeros``) are kept as the buffers
+  ``codes`` / ``scales`` (/ ``zeros``), never a dense copy; ``forward`` runs
   :func:`bonsai_core.dispatch.lowbit_linear` (as one torch custom op under ``torch.compile``,
   see :mod:`.lowbit_op`) and then the unmerged LoRA branches;
 * dense (the 9 edge layers, kept dense so ComfyUI's model detection works): an ordinary
@@ -36,7 +37,7 @@ import comfy.ops
 import torch
 
 from ..bonsai_core import dispatch
-from ..bonsai_core.canonical import SCALE_LEAF
+from ..bonsai_core.canonical import SCALE_LEAF, ZERO_LEAF
 from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.klein import GROUP_SIZE
 from ..bonsai_core.lowrank import LowRankBranch, apply_low_rank
@@ -84,6 +85,7 @@ class BonsaiOps(comfy.ops.manual_cast):
             self.register_parameter("bias", None)
             self.register_buffer("codes", None)
             self.register_buffer("scales", None)
+            self.register_buffer("zeros", None)  # affine layers only: W = q * scales + zeros
             self.weight_comfy_model_dtype = dtype
             self.bias_comfy_model_dtype = dtype
             self.bonsai_wants_bias = bias
@@ -117,16 +119,18 @@ class BonsaiOps(comfy.ops.manual_cast):
             unexpected_keys: list[str],
             error_msgs: list[str],
         ) -> None:
-            wkey, skey, bkey = prefix + "weight", prefix + SCALE_LEAF, prefix + "bias"
+            wkey, skey, bkey, zkey = prefix + "weight", prefix + SCALE_LEAF, prefix + "bias", prefix + ZERO_LEAF
             self.bonsai_key = prefix[:-1] if prefix.endswith(".") else prefix
             for k in state_dict:
-                if k.startswith(prefix) and k not in (wkey, skey, bkey):
+                if k.startswith(prefix) and k not in (wkey, skey, bkey, zkey):
                     unexpected_keys.append(k)
             if skey in state_dict:
                 if wkey not in state_dict:
                     missing_keys.append(wkey)
                 else:
-                    self._load_packed(state_dict[wkey], state_dict[skey], wkey, error_msgs)
+                    self._load_packed(state_dict[wkey], state_dict[skey], wkey, error_msgs, state_dict.get(zkey))
+            elif zkey in state_dict:
+                unexpected_keys.append(zkey)
             elif wkey in state_dict:
                 self._load_dense(state_dict[wkey], wkey, error_msgs)
             else:
@@ -144,7 +148,9 @@ class BonsaiOps(comfy.ops.manual_cast):
             # Same as stock ops, which copy the file tensor into a parameter of the model dtype.
             return t.to(self.bonsai_dtype) if self.bonsai_dtype is not None and t.dtype != self.bonsai_dtype else t
 
-        def _load_packed(self, codes: torch.Tensor, scales: torch.Tensor, key: str, error_msgs: list[str]) -> None:
+        def _load_packed(
+            self, codes: torch.Tensor, scales: torch.Tensor, key: str, error_msgs: list[str], zeros: torch.Tensor | None = None
+        ) -> None:
             n, k = self.out_features, self.in_features
             if codes.dtype != torch.uint8 or codes.ndim != 2:
                 error_msgs.append(f"{key}: packed codes must be 2-D uint8, found {codes.dtype} {list(codes.shape)}")
@@ -162,9 +168,13 @@ class BonsaiOps(comfy.ops.manual_cast):
             if self.bonsai_expected_bits is not None and bits != self.bonsai_expected_bits:
                 error_msgs.append(f"{key}: codes are {bits}-bit but the checkpoint is {self.bonsai_expected_bits}-bit (mixed variants?)")
                 return
+            if zeros is not None and (zeros.dtype != scales.dtype or zeros.shape != scales.shape):
+                error_msgs.append(f"{key}_zero: zeros {zeros.dtype} {list(zeros.shape)} must match the scales ({scales.dtype} {list(scales.shape)})")
+                return
             self.weight = None
             self.codes = codes
             self.scales = scales
+            self.zeros = zeros
             self.bonsai_bits = bits
             self._drop_state()
 
@@ -177,6 +187,7 @@ class BonsaiOps(comfy.ops.manual_cast):
                 return
             self.codes = None
             self.scales = None
+            self.zeros = None
             self.bonsai_bits = 0
             self.weight = torch.nn.Parameter(self._to_model_dtype(w), requires_grad=False)
 
@@ -187,6 +198,8 @@ class BonsaiOps(comfy.ops.manual_cast):
             if self.codes is not None:
                 destination[prefix + "weight"] = out(self.codes)
                 destination[prefix + SCALE_LEAF] = out(self.scales)
+                if self.zeros is not None:
+                    destination[prefix + ZERO_LEAF] = out(self.zeros)
             elif self.weight is not None:
                 destination[prefix + "weight"] = out(self.weight)
             if self.bias is not None:
@@ -201,18 +214,19 @@ class BonsaiOps(comfy.ops.manual_cast):
         def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> BonsaiOps.Linear:
             # .to()/.cuda()/.cpu(): prepared data belongs to the old device; free it now, not at the next call.
             self._drop_state()
-            scales = self._buffers.get("scales")
+            before = {name: self._buffers.get(name) for name in ("scales", "zeros")}
             out = super()._apply(fn, recurse)
-            moved = self._buffers.get("scales")
-            if scales is not None and moved is not None and moved.dtype != scales.dtype:
-                # Module.to(dtype) casts every floating buffer; a rounded scale changes the model, so
-                # scales keep their exact dtype and only follow the device.
-                self._buffers["scales"] = scales.to(device=moved.device)
+            for name, old in before.items():
+                moved = self._buffers.get(name)
+                if old is not None and moved is not None and moved.dtype != old.dtype:
+                    # Module.to(dtype) casts every floating buffer; a rounded scale changes the model, so
+                    # scales (and zeros) keep their exact dtype and only follow the device.
+                    self._buffers[name] = old.to(device=moved.device)
             return out
 
         def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
             # Dynamic VRAM swaps buffers with comfy.utils.set_attr_buffer instead of .to().
-            if name in ("codes", "scales") and "_bonsai_state_owner" in self.__dict__:
+            if name in ("codes", "scales", "zeros") and "_bonsai_state_owner" in self.__dict__:
                 self._drop_state()
             super().register_buffer(name, tensor, persistent)
 
@@ -236,15 +250,16 @@ class BonsaiOps(comfy.ops.manual_cast):
             return self._forward_packed(input)
 
         def _forward_packed(self, x: torch.Tensor) -> torch.Tensor:
-            codes, scales = self.codes, self.scales
+            codes, scales, zeros = self.codes, self.scales, self.zeros
             if codes.device != x.device:
                 # Offloaded (lowvram): stream this layer's packed bytes for one call; nothing is
                 # cached for a copy that is dropped right after (lowbit_op gives it a fresh state).
                 non_blocking = comfy.model_management.device_supports_non_blocking(x.device)
                 codes = codes.to(x.device, non_blocking=non_blocking)
                 scales = scales.to(x.device, non_blocking=non_blocking)
+                zeros = zeros.to(x.device, non_blocking=non_blocking) if zeros is not None else None
             # one custom op under torch.compile (no graph break), a plain call in eager mode
-            y = lowbit_op.call(x, codes, scales, self.bonsai_bits, self.bonsai_backend, self.bonsai_uid)
+            y = lowbit_op.call(x, codes, scales, self.bonsai_bits, self.bonsai_backend, self.bonsai_uid, zeros)
             branches = self.bonsai_lora + self._branches_from_weight_functions()
             if branches:
                 y = apply_low_rank(x, y, branches)

@@ -20,8 +20,9 @@ from ..atomic import atomic_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
-from ..packing import PackedWeight, check_dense_values, compact_scales
+from ..packing import PackedWeight, check_dense_values
 from ..torch_archive import load_archive
+from .affine import AffineTally, packed_from_affine, scale_form
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -30,7 +31,6 @@ from .layout import (
     diffusers_to_bfl,
     guess_source_repo,
     load_transformer_config,
-    packed_from_affine,
     quant_json_bits,
     quantization_config,
     read_json,
@@ -133,11 +133,10 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
     for mod, parts in modules.items():
         _check_layout(sd_path, mod, parts, bits, pbw)
 
-    def s_of(mod: str) -> torch.Tensor:
-        return -modules[mod]["zeros"].float().t()
+    tally = AffineTally(sd_path, len(modules))
 
     def load_module(mod: str) -> PackedWeight:
-        out = packed_from_gemlite(sd_path, mod, modules[mod], bits)  # copies out of the mmap
+        out = packed_from_gemlite(sd_path, mod, modules[mod], bits, tally)  # copies out of the mmap
         release_pages(*modules[mod].values())
         return out
 
@@ -148,10 +147,10 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
 
     qmap = bfl_quantized_layers(cfg)
 
-    def scale_dtype(bk: str) -> torch.dtype:
-        dtype = compact_scales(torch.cat([s_of(mod) for mod in qmap[bk]], 0)).dtype
-        release_pages(*(modules[mod]["zeros"] for mod in qmap[bk]))
-        return dtype
+    def scale_dtype(bk: str) -> tuple[torch.dtype, bool]:
+        form = scale_form([(modules[m]["scales"].t(), modules[m]["zeros"].t()) for m in qmap[bk]], bits)
+        release_pages(*(modules[m][leaf] for m in qmap[bk] for leaf in ("scales", "zeros")))
+        return form
 
     meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="gemlite", source_repo=guess_source_repo(d))
     return diffusers_to_bfl(
@@ -165,8 +164,9 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
     )
 
 
-def packed_from_gemlite(path: Path, mod: str, p: dict[str, torch.Tensor], bits: int) -> PackedWeight:
-    """One gemlite layer (its leaf tensors) as canonical codes + scales, relations verified."""
+def packed_from_gemlite(path: Path, mod: str, p: dict[str, torch.Tensor], bits: int, tally: AffineTally | None = None) -> PackedWeight:
+    """One gemlite layer (its leaf tensors) as a :class:`PackedWeight` (canonical where the Bonsai
+    relation holds in every group, the file's own scale/zero otherwise)."""
     if "meta_scale" in p:
         ms = p["meta_scale"]
         if not ms.is_floating_point() or ms.numel() != 1 or float(ms.float().reshape(())) not in NEUTRAL_META_SCALES:
@@ -178,7 +178,7 @@ def packed_from_gemlite(path: Path, mod: str, p: dict[str, torch.Tensor], bits: 
             )
     # W_q [K*bits/w, N] of w-bit words: transposed, each row's words viewed as bytes are LSB-first along K
     codes = p["W_q"].t().contiguous().view(torch.uint8)
-    return packed_from_affine(path, mod, codes, p["scales"].t(), p["zeros"].t(), bits, ("W_q", "scales", "zeros"))
+    return packed_from_affine(path, mod, codes, p["scales"].t(), p["zeros"].t(), bits, ("W_q", "scales", "zeros"), tally)
 
 
 def gemlite_layer(p: PackedWeight, *, gemlite_version: str = "0.5") -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, GeometryError, bfl_expected_shapes, infer_config_from_bfl_shapes
 from ..packing import PackedWeight, check_dense_values, check_values, compact_scales
 from . import ggml_blocks
+from .affine import require_canonical
 from .ggml_blocks import BlockLayout
 from .gguf_index import TensorIndex, TensorInfo
 from .layout import check_expected_variant, variant_for
@@ -216,6 +217,7 @@ def _field_str(reader: TensorIndex, key: str) -> str:
 
 def q1_0_blocks(path: Path, key: str, p: PackedWeight) -> np.ndarray:
     """Canonical binary codes + scales -> Q1_0 bytes [N, K/128 * 18]."""
+    require_canonical(path, key, p, "GGUF Q1_0")
     n, k = p.shape
     g = k // GROUP_SIZE
     d = p.scales.to(torch.float16)

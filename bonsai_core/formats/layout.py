@@ -29,7 +29,7 @@ from ..klein import (
     infer_config_from_diffusers_shapes,
     swap_halves,
 )
-from ..packing import BITS_VARIANT, VARIANT_BITS, PackedWeight, affine, check_values, compact_scales
+from ..packing import BITS_VARIANT, VARIANT_BITS, PackedWeight, compact_scales
 
 SOLVER = {1: "binary", 2: "ternary"}
 
@@ -114,11 +114,18 @@ def validate_inventory(path: str | os.PathLike[str], cfg: KleinConfig, logical: 
 
 
 def fuse(parts: list[PackedWeight]) -> PackedWeight:
-    """Fuse diffusers q/k/v along N; scales are re-compacted over the whole fused layer."""
+    """Fuse diffusers q/k/v along N; scales are re-compacted over the whole fused layer. If any
+    part is affine the fused layer is (canonical parts become their exact ``(STEP * s, -s)``)."""
     if len(parts) == 1:
         return parts[0]
+    codes = torch.cat([p.codes for p in parts], 0)
+    if any(p.is_affine for p in parts):
+        pairs = [p.affine(torch.float32) for p in parts]
+        both = compact_scales(torch.stack([torch.cat([a for a, _ in pairs], 0), torch.cat([z for _, z in pairs], 0)]))
+        return PackedWeight(codes, both[0], parts[0].bits, zeros=both[1])
     scales = compact_scales(torch.cat([p.scales.float() for p in parts], 0))
-    return PackedWeight(torch.cat([p.codes for p in parts], 0), scales, parts[0].bits)
+    return PackedWeight(codes, scales, parts[0].bits)
+
 
 
 def diffusers_to_bfl(
@@ -261,19 +268,29 @@ class LazyScaleDtypes(Mapping[str, torch.dtype]):
     """BFL layer -> canonical scale dtype, computed on first use from the scales alone.
 
     A canonical header is written before any tensor, so writers need each layer's scale dtype
-    up front; computing it from the (small) scales avoids a second full read of the codes."""
+    (and whether it is affine, i.e. also has zeros) up front; computing it from the (small)
+    scales avoids a second full read of the codes. ``compute`` returns the dtype, or
+    ``(dtype, affine)`` for layouts that can hold affine layers."""
 
-    def __init__(self, keys: list[str], compute: Callable[[str], torch.dtype]) -> None:
+    def __init__(self, keys: list[str], compute: Callable[[str], torch.dtype | tuple[torch.dtype, bool]]) -> None:
         self._keys = keys
         self._compute = compute
-        self._done: dict[str, torch.dtype] = {}
+        self._done: dict[str, tuple[torch.dtype, bool]] = {}
 
-    def __getitem__(self, key: str) -> torch.dtype:
+    def _form(self, key: str) -> tuple[torch.dtype, bool]:
         if key not in self._done:
             if key not in self._keys:
                 raise KeyError(key)
-            self._done[key] = self._compute(key)
+            got = self._compute(key)
+            self._done[key] = got if isinstance(got, tuple) else (got, False)
         return self._done[key]
+
+    def __getitem__(self, key: str) -> torch.dtype:
+        return self._form(key)[0]
+
+    def affine(self, key: str) -> bool:
+        """True when layer ``key`` keeps a per-group zero (see ``PackedWeight.zeros``)."""
+        return self._form(key)[1]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -286,43 +303,6 @@ def first_mismatch(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
     """Index of the first element where ``a != b`` (both same shape)."""
     return tuple((a != b).nonzero()[0].tolist())
 
-
-def packed_from_affine(
-    path: str | os.PathLike[str],
-    module: str,
-    codes: torch.Tensor,
-    scales: torch.Tensor,
-    offsets: torch.Tensor,
-    bits: int,
-    names: tuple[str, str, str],
-) -> PackedWeight:
-    """Canonical codes from an affine pack ``W = q * scale + offset`` (gemlite mode 4, MLX).
-
-    Bonsai writes offset = -s and scale = STEP[bits] * s (binary 2s, ternary s); both relations
-    are checked exactly, and ternary codes must never be 3. ``codes`` uint8 [N, K*bits/8],
-    ``scales``/``offsets`` [N, K/128]; ``names`` = (codes, scales, offsets) leaf names for errors.
-    """
-    s = -offsets.float()
-    want_scale, _ = affine(s, bits)
-    sc = scales.float()
-    if not torch.equal(sc, want_scale):
-        n, g = first_mismatch(sc, want_scale)
-        rel = f"2 * (-{names[2]})" if bits == 1 else f"-{names[2]}"
-        raise BonsaiFormatError(
-            path,
-            f"{module}.{names[1]}",
-            f"row {n}, group {g}: scale {sc[n, g].item()} != {rel} = {want_scale[n, g].item()}; not a Bonsai {SOLVER[bits]} pack",
-        )
-    try:
-        p = PackedWeight(codes, compact_scales(s.contiguous()), bits)
-    except ValueError as e:
-        raise BonsaiFormatError(path, f"{module}.{names[0]}", str(e)) from e
-    try:
-        return check_values(p, path, f"{module}.{names[0]}")
-    except BonsaiFormatError as e:
-        if "scale" in e.reason:  # a non-finite s came from the offsets
-            raise BonsaiFormatError(path, f"{module}.{names[2]}", e.reason) from None
-        raise
 
 
 def _madvise() -> Callable[[int, int, int], int] | None:

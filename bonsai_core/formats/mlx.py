@@ -18,8 +18,9 @@ from ..atomic import atomic_path
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
-from ..packing import PackedWeight, check_dense_values, compact_scales
+from ..packing import PackedWeight, check_dense_values
 from ..safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
+from .affine import AffineTally, packed_from_affine, scale_form
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -28,7 +29,6 @@ from .layout import (
     diffusers_to_bfl,
     guess_source_repo,
     load_transformer_config,
-    packed_from_affine,
     quant_json_bits,
     quantization_config,
     read_json,
@@ -109,16 +109,15 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None, *, reader
     if qcfg is not None:
         check_quantized_fqns(q_path, qcfg, cfg)
 
-    def s_of(mod: str) -> torch.Tensor:
-        return -r.get(f"{mod}.biases").float()
+    tally = AffineTally(f, len(packed))
 
     def load_module(mod: str) -> PackedWeight:
-        return packed_from_mlx(f, mod, r.get(f"{mod}.weight"), r.get(f"{mod}.scales"), r.get(f"{mod}.biases"), bits)
+        return packed_from_mlx(f, mod, r.get(f"{mod}.weight"), r.get(f"{mod}.scales"), r.get(f"{mod}.biases"), bits, tally)
 
     qmap = bfl_quantized_layers(cfg)
 
-    def scale_dtype(bk: str) -> torch.dtype:
-        return compact_scales(torch.cat([s_of(m) for m in qmap[bk]], 0)).dtype
+    def scale_dtype(bk: str) -> tuple[torch.dtype, bool]:
+        return scale_form([(r.get(f"{m}.scales"), r.get(f"{m}.biases")) for m in qmap[bk]], bits)
 
     meta = BonsaiMeta(variant=found_variant, config=cfg, source_format="mlx", source_repo=guess_source_repo(f.parent))
     dense_keys = [k for k in logical if k.rpartition(".")[0] not in packed]
@@ -133,10 +132,13 @@ def read_mlx(path: str | os.PathLike[str], variant: str | None = None, *, reader
     )
 
 
-def packed_from_mlx(path: Path, mod: str, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int) -> PackedWeight:
-    """One MLX layer as canonical codes + scales, relations verified."""
+def packed_from_mlx(
+    path: Path, mod: str, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int, tally: AffineTally | None = None
+) -> PackedWeight:
+    """One MLX layer as a :class:`PackedWeight` (canonical where the Bonsai relation holds in every
+    group, the file's own scales/biases otherwise)."""
     codes = weight.contiguous().view(torch.uint8)  # little-endian uint32 words -> LSB-first bytes along K
-    return packed_from_affine(path, mod, codes, scales, biases, bits, ("weight", "scales", "biases"))
+    return packed_from_affine(path, mod, codes, scales, biases, bits, ("weight", "scales", "biases"), tally)
 
 
 def mlx_layer(p: PackedWeight, path: Path | str = "?", mod: str = "?") -> dict[str, torch.Tensor]:

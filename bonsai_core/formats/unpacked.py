@@ -22,6 +22,7 @@ from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers, diffusers_quantized_linears
 from ..packing import PackedWeight, check_dense_values, check_values, compact_scales, quantize_exact
 from ..safetensors_io import _ST_TO_DTYPE, SafetensorsReader, TensorSpec, write_safetensors
+from .affine import require_canonical
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -170,7 +171,8 @@ def pack_rows(w: torch.Tensor, bits: int, path: str, key: str) -> PackedWeight:
 
 
 def dense_bf16(path: Path, key: str, p: PackedWeight) -> torch.Tensor:
-    """A packed layer as exact bf16 (refused when a scale is not a bf16 value)."""
+    """A packed layer as exact bf16 (refused when a scale is not a bf16 value, or the layer is affine)."""
+    require_canonical(path, key, p, "unpacked (dense +-s per group)")
     s = p.scales.float()
     if not torch.equal(s.to(torch.bfloat16).float(), s):
         raise BonsaiFormatError(path, key, "scales are not representable in bf16, so a bf16 dense copy would not be exact")
