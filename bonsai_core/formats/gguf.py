@@ -87,10 +87,13 @@ def _block_layouts(f: Path, reader: TensorIndex, tensors: dict[str, TensorInfo],
         found = {lay.weights: lay for fits in q2.values() if len(fits) == 1 for lay in fits}
         if len(found) != 1:
             key = next(iter(q2))
-            what = "fit both" if len(found) > 1 or q2[key] else "fit neither"
+            why = {
+                0: "every one fits both (too small to tell)" if all(q2.values()) else "some fit neither (truncated?)",
+                2: "some fit only 64-weight blocks, others only 128-weight blocks",
+            }[len(found)]
             raise BonsaiFormatError(
-                f, key, f"type 42 (Q2_0) tensor sizes {what} the 64-weight/18-byte (mainline) and the 128-weight/34-byte "
-                "(PrismML's first) block layouts consistently; cannot tell which this file uses (truncated or mixed?)"
+                f, key, "cannot tell whether the type 42 (Q2_0) tensors use mainline's 64-weight/18-byte or PrismML's first "
+                f"128-weight/34-byte blocks: {why}"
             )
         lay = next(iter(found.values()))
         for key, fits in q2.items():

@@ -153,7 +153,8 @@ def write_file(path: Path, ckpt: BonsaiCheckpoint, type_id: int, qk: int, encode
         raw = ckpt.load_dense(key).to(torch.bfloat16).contiguous()
         w.add_tensor_info(key, raw.shape, np.dtype(np.float16), raw.numel() * 2, raw_dtype=Q.BF16)
         data.append(raw.view(torch.int16).numpy())
-    blocks = {key: encode(x.reshape(-1, qk).astype(np.float32)) for key, x in weights.items()}
+    qk_of = opts.get("qk_of", {})
+    blocks = {key: encode(x.reshape(-1, qk_of.get(key, qk)).astype(np.float32)) for key, x in weights.items()}
     for edit in opts.get("block_edits", ()):
         edit(blocks)
     for key, x in weights.items():
@@ -265,6 +266,10 @@ def test_type_42_layout_is_decided_by_size_and_a_cut_file_is_named(sources: dict
     path.write_bytes(path.read_bytes()[:-1000])
     err = _error(path)
     assert "type 42 (Q2_0)" in str(err) and "Q2_0 blocks like the rest of the file" in str(err)
+    keys = list(sources["ternary"].packed_shapes)
+    write_file(path, sources["ternary"], 42, 64, enc_q2, qk_of=dict.fromkeys(keys[len(keys) // 2 :], 128))
+    err = _error(path)
+    assert "some fit only 64-weight blocks, others only 128-weight blocks" in str(err)
 
 
 def test_a_cut_file_names_the_tensor_that_does_not_fit(sources: dict, tmp_path: Path) -> None:
