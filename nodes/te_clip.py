@@ -31,7 +31,8 @@ import folder_paths
 import torch
 
 from ..bonsai_core.errors import BonsaiFormatError
-from ..bonsai_core.te_formats import TEWeights, dequantize_4bit, head_dim, rope_theta
+from ..bonsai_core.te_formats import FORMULA, TEWeights, dequantize_4bit, head_dim, rope_theta
+from ..kernels import triton_dequant4
 
 MODEL_NAME = "qwen3_4b"  # the name klein_te gives its clip model; model_options keys derive from it
 _OFFSET_KEYS = {"hqq": "weight_zeros", "mlx": "weight_biases"}
@@ -97,7 +98,13 @@ class Packed4BitLinear(_PackedState):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         comfy.ops.run_every_op()  # interrupt check, as stock ops do
         codes, scales, offsets = self._packed(x.device)
-        w = dequantize_4bit(codes, scales, offsets, self.layout, x.dtype, self.group_size)
+        if triton_dequant4.available(x.device) and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
+            # one launch instead of ~8 torch ops and 4 temporaries per linear (same bits)
+            offset_first, sign = FORMULA[self.layout]
+            w = torch.empty(self.out_features, self.in_features, dtype=x.dtype, device=x.device)
+            triton_dequant4.dequantize4_into(codes, scales, offsets, w, offset_first=offset_first, offset_sign=sign)
+        else:
+            w = dequantize_4bit(codes, scales, offsets, self.layout, x.dtype, self.group_size)
         return torch.nn.functional.linear(x, w)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,7 @@ from .dense import read_dense_te
 from .folders import TE_FOLDER_NAMES, find_tokenizer_dir, read_te, resolve_te_folder, te_layout
 from .hqq import HQQ_FILE, codes_to_hqq_packed, hqq_unpack_to_codes, read_hqq
 from .mlx import MLX_FILE, read_te_mlx
-from .packed import LAYOUTS, TE_GROUP_SIZE, Packed4Bit, TEWeights, check_te_values, dequantize_4bit, pack_nibbles, unpack_nibbles
+from .packed import FORMULA, LAYOUTS, TE_GROUP_SIZE, Packed4Bit, TEWeights, check_te_values, dequantize_4bit, pack_nibbles, unpack_nibbles
 
 __all__ = [
     "HQQ_FILE",
@@ -37,6 +37,7 @@ __all__ = [
     "check_te_values",
     "codes_to_hqq_packed",
     "dequantize_4bit",
+    "FORMULA",
     "expected_dense_shapes",
     "expected_linear_shapes",
     "find_tokenizer_dir",

@@ -21,6 +21,10 @@ from ..packing import all_finite
 
 TE_GROUP_SIZE = 64
 LAYOUTS = ("hqq", "mlx")
+# How each layout combines code q, scale s and offset o -- the two released formulas, written once:
+# (offset_first, offset_sign): True -> (q + sign*o) * s (HQQ: (q - zero) * scale), False -> q * s + sign*o
+# (MLX: scale * q + bias). dequantize_4bit evaluates them; GPU kernels are handed these values.
+FORMULA: dict[str, tuple[bool, float]] = {"hqq": (True, -1.0), "mlx": (False, 1.0)}
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -58,15 +62,14 @@ def dequantize_4bit(
         raise ValueError(
             f"codes imply [{r}, {k}] but scales/offsets are {list(scales.shape)}/{list(offsets.shape)} (group size {group_size})"
         )
+    if layout not in FORMULA:
+        raise ValueError(f"unknown 4-bit layout {layout!r}; expected one of {LAYOUTS}")
+    offset_first, sign = FORMULA[layout]
     q = q.to(dtype).view(r, g, group_size)
     s = scales.to(dtype).unsqueeze(-1)
     o = offsets.to(dtype).unsqueeze(-1)
-    if layout == "hqq":
-        w = (q - o) * s
-    elif layout == "mlx":
-        w = q * s + o
-    else:
-        raise ValueError(f"unknown 4-bit layout {layout!r}; expected one of {LAYOUTS}")
+    o = o if sign > 0 else -o  # q + (-o) is q - o exactly
+    w = (q + o) * s if offset_first else q * s + o
     return w.view(r, k)
 
 
