@@ -189,7 +189,7 @@ class BonsaiModelLoader(io.ComfyNode):
                     "model_name",
                     options=list_models(),
                     tooltip=(
-                        "A released snapshot folder in models/bonsai (ends with /) or a canonical .safetensors in models/bonsai. "
+                        "A released snapshot folder in models/bonsai (ends with /), a canonical .safetensors or a Bonsai .gguf in models/bonsai. "
                         f"Empty? {folders.models_hint()}."
                     ),
                 ),

@@ -53,6 +53,15 @@ def _snapshot_problem(path: Path) -> str | None:
     return None
 
 
+def _gguf_problem(path: Path) -> str | None:
+    """A Bonsai GGUF (binary Q1_0 or a ternary block type) opens from its header and tensor table alone."""
+    try:
+        detect.open_checkpoint(path)
+    except BonsaiFormatError as e:
+        return str(e)
+    return None
+
+
 def is_canonical_file(path: Path) -> bool:
     return folders.is_ok("model-canonical", path, _canonical_problem)
 
@@ -62,7 +71,7 @@ def is_snapshot(path: Path) -> bool:
 
 
 def bonsai_entries() -> list[str]:
-    """Canonical files and snapshot folders (ending in ``/``) under every ``models/bonsai`` root."""
+    """Canonical files, Bonsai ``.gguf`` files and snapshot folders (ending in ``/``) under every ``models/bonsai`` root."""
     out: set[str] = set()
     for root in folders.roots(folders.BONSAI):
         # models--<owner>--<repo>/snapshots/<commit>/ (Hugging Face's cache layout) counts as one level
@@ -71,6 +80,8 @@ def bonsai_entries() -> list[str]:
                 if is_snapshot(e.path):
                     out.add(e.rel + SNAPSHOT_MARK)
             elif e.rel.endswith(".safetensors") and folders.is_ok("model-canonical", e.path, _canonical_problem):
+                out.add(e.rel)
+            elif e.rel.endswith(".gguf") and folders.is_ok("model-gguf", e.path, _gguf_problem):
                 out.add(e.rel)
     return sorted(out)
 
@@ -124,6 +135,8 @@ def resolve_model(name: object) -> Path:
 def open_bonsai(path: str | Path) -> BonsaiCheckpoint:
     """A lazily read Bonsai checkpoint (BFL names, canonical codes) from a canonical file or a snapshot."""
     path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return detect.open_checkpoint(path)  # a Bonsai GGUF: read like the released layouts, exactly
     if path.is_file():
         # one open, one header parse: load_canonical refuses a non-canonical file with the precise reason
         return load_canonical(path)
@@ -146,7 +159,7 @@ def describe_problem(path: Path) -> str | None:
 def _convert_hint(path: Path) -> str:
     if path.is_file():
         return (
-            ". Bonsai Load Model reads canonical files: convert a release with "
+            ". Bonsai Load Model reads canonical files and Bonsai GGUF files: convert a release with "
             f"`python custom_nodes/{folders.PACK_DIR}/bonsai.py convert SRC models/bonsai/NAME.safetensors`, "
             "or load a dense model with the stock Load Diffusion Model node"
         )

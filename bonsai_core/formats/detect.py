@@ -1,6 +1,7 @@
 """Recognize what a path holds and open it: a single file (canonical, MLX or unpacked
-safetensors, GGUF, gemlite ``state_dict.pt``), a pack folder, or a released snapshot root with
-``transformer-gemlite-int*/``, ``transformer-packed-mflux/`` or ``transformer/`` inside.
+safetensors, GGUF, gemlite ``state_dict.pt``), a pack folder, a released snapshot root with
+``transformer-gemlite-int*/``, ``transformer-packed-mflux/`` or ``transformer/`` inside, or a
+folder holding one ``.gguf`` (a community GGUF repository).
 
 A safetensors file is opened and its header parsed once: the reader that classified it is
 handed to the format's reader, which reads the data through it."""
@@ -65,6 +66,11 @@ def _detect(path: str | os.PathLike[str]) -> tuple[str, Path, SafetensorsReader 
         raise BonsaiFormatError(p, None, f"holds several transformer packs ({', '.join(f.name for f in found)}); pass one of them")
     if found:
         return _detect(found[0])
+    ggufs = sorted(c for c in p.glob("*.gguf") if c.is_file())  # a community GGUF's repository folder
+    if len(ggufs) > 1:
+        raise BonsaiFormatError(p, None, f"holds several .gguf files ({', '.join(g.name for g in ggufs[:4])}); pass one of them")
+    if ggufs:
+        return _detect(ggufs[0])
     raise BonsaiFormatError(
         p,
         None,
