@@ -19,9 +19,11 @@ from typing import Any
 
 log = logging.getLogger("bonsai_image")
 
-# Not node modules: helpers of the loaders (operations and their custom op, graph replay, folder service, model sources, CLIP building,
-# what is installed and the notice's route).
-_NOT_NODE_MODULES = frozenset({"ops", "lowbit_op", "graph_replay", "folders", "model_sources", "te_clip", "installed"})
+# Not node modules: helpers of the loaders (operations, their custom op and weight view, optional ComfyUI
+# helpers, graph replay, folder service, model sources, CLIP building, what is installed and the notice's route).
+_NOT_NODE_MODULES = frozenset(
+    {"ops", "lowbit_op", "packed_weight", "comfy_features", "graph_replay", "folders", "model_sources", "te_clip", "installed"}
+)
 
 IMPORT_ERRORS: dict[str, str] = {}  # node module -> why it did not load (shown in the log, kept for tests)
 # Frontend extension served by ComfyUI at /extensions/<pack folder>/: the on-open notice for model

@@ -32,7 +32,6 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import comfy.model_management
 import comfy.ops
 import torch
 
@@ -42,7 +41,7 @@ from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.klein import GROUP_SIZE
 from ..bonsai_core.lowrank import LowRankBranch, apply_low_rank
 from ..kernels import BACKENDS
-from . import lowbit_op
+from . import comfy_features, lowbit_op, packed_weight
 
 dispatch.register_backends(BACKENDS)  # bonsai_core never imports kernels: the pack hands them over
 
@@ -81,7 +80,9 @@ class BonsaiOps(comfy.ops.manual_cast):
             torch.nn.Module.__init__(self)
             self.in_features = in_features
             self.out_features = out_features
-            self.register_parameter("weight", None)
+            # "weight" is a class property (the packed view); its Parameter slot is made directly,
+            # because register_parameter refuses a name that hasattr() already finds
+            self._parameters["weight"] = None
             self.register_parameter("bias", None)
             self.register_buffer("codes", None)
             self.register_buffer("scales", None)
@@ -101,7 +102,82 @@ class BonsaiOps(comfy.ops.manual_cast):
 
         @property
         def is_packed(self) -> bool:
-            return self.codes is not None
+            return self._buffers.get("codes") is not None
+
+        # ---- the weight ComfyUI's generic code sees (nodes/packed_weight.py) -------------------
+
+        @property
+        def weight(self) -> torch.Tensor | None:  # type: ignore[override]
+            # Packed: a view of codes/scales with the logical [out, in] shape (never None, never
+            # dense), so get_key_weight, calculate_shape, offload estimates and backups work.
+            codes = self._buffers.get("codes")
+            if codes is None:
+                return self._parameters.get("weight")
+            return packed_weight.packed_view(codes, self._buffers["scales"], self.bonsai_bits, self._view_dtype())
+
+        def _view_dtype(self) -> torch.dtype:
+            dtype = self.bonsai_dtype
+            return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else self._buffers["scales"].dtype
+
+        def register_parameter(self, name: str, param: torch.nn.Parameter | None) -> None:
+            # ComfyUI restores backed-up weights with set_attr_param (a Parameter of the backup).
+            # On a packed layer that backup is a view of codes/scales: take its tensors back as the
+            # buffers; the layer never turns into a dense Parameter.
+            if name == "weight" and param is not None and self._buffers.get("codes") is not None:
+                self._adopt_weight(param)
+                return
+            super().register_parameter(name, param)
+
+        def _adopt_weight(self, value: torch.Tensor) -> None:
+            if packed_weight.is_packed_view(value):
+                codes, scales, bits = packed_weight.view_tensors(value)
+                if bits != self.bonsai_bits or tuple(value.shape) != (self.out_features, self.in_features):
+                    raise packed_weight.PackedWeightWriteError(
+                        f"Bonsai layer '{self.bonsai_key}': a packed weight of another layer was assigned"
+                    )
+                self.register_buffer("codes", codes)
+                self.register_buffer("scales", scales)
+            elif tuple(value.shape) == (self.out_features, self.in_features) and not packed_weight.quantized_views():
+                pass  # without comfy-kitchen, backups are dequantized copies of these very codes
+            else:
+                raise packed_weight.PackedWeightWriteError(
+                    f"Bonsai layer '{self.bonsai_key}' is packed; ComfyUI tried to replace its weight with a dense "
+                    f"{type(value).__name__} {list(value.shape)}. Bonsai layers stay binary/ternary (LoRA is applied as unmerged branches)"
+                )
+
+        # ComfyUI's quantized-layer protocol (get_key_weight looks these up): patch_weight_to_device
+        # dequantizes with convert_weight and hands the merged result to set_weight. Dense layers
+        # do not have them (AttributeError -> stock merging).
+        @property
+        def convert_weight(self) -> Callable[..., torch.Tensor]:
+            if not self.is_packed:
+                raise AttributeError("convert_weight")
+            return self._convert_packed_weight
+
+        @property
+        def set_weight(self) -> Callable[..., torch.Tensor | None]:
+            if not self.is_packed:
+                raise AttributeError("set_weight")
+            return self._set_packed_weight
+
+        def _convert_packed_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs: Any) -> torch.Tensor:
+            return weight.dequantize() if packed_weight.is_packed_view(weight) else weight
+
+        def _set_packed_weight(
+            self, weight: torch.Tensor, inplace_update: bool = False, seed: Any = None, return_weight: bool = False, **kwargs: Any
+        ) -> torch.Tensor | None:
+            # The codes are never re-quantized from a merged weight: the patcher's LoRA patches are
+            # applied by this layer as unmerged branches (nodes/lora.py, ON_LOAD callback), which
+            # also refuses patch kinds that have no branch form. The layer keeps its packed bytes.
+            if inplace_update:
+                # weight hooks (scheduled LoRA) write merged weights in place at every keyframe
+                raise packed_weight.PackedWeightWriteError(
+                    f"Bonsai layer '{self.bonsai_key}': in-place weight patching (weight hooks) cannot change binary/ternary "
+                    "codes; apply the LoRA with LoraLoader / LoraLoaderModelOnly instead"
+                )
+            if return_weight:
+                return self.weight  # what the layer holds: packed (a save writes the packed checkpoint)
+            return None
 
         def extra_repr(self) -> str:
             kind = f"packed {self.bonsai_bits}-bit" if self.is_packed else ("dense" if self.weight is not None else "empty")
@@ -246,7 +322,7 @@ class BonsaiOps(comfy.ops.manual_cast):
                         f"Bonsai layer '{self.bonsai_key or '?'}' was never loaded (its tensors were missing from the checkpoint)"
                     )
                 return super().forward(input, *args, **kwargs)  # dense edge layer: stock manual_cast
-            comfy.ops.run_every_op()  # interrupt check, as every stock op does
+            comfy_features.interrupt_check()()  # as every stock op does (comfy.ops.run_every_op)
             return self._forward_packed(input)
 
         def _forward_packed(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +330,7 @@ class BonsaiOps(comfy.ops.manual_cast):
             if codes.device != x.device:
                 # Offloaded (lowvram): stream this layer's packed bytes for one call; nothing is
                 # cached for a copy that is dropped right after (lowbit_op gives it a fresh state).
-                non_blocking = comfy.model_management.device_supports_non_blocking(x.device)
+                non_blocking = comfy_features.supports_non_blocking(x.device)
                 codes = codes.to(x.device, non_blocking=non_blocking)
                 scales = scales.to(x.device, non_blocking=non_blocking)
                 zeros = zeros.to(x.device, non_blocking=non_blocking) if zeros is not None else None
@@ -303,4 +379,3 @@ def bonsai_linears(model: torch.nn.Module) -> Iterator[tuple[str, BonsaiOps.Line
     for name, m in model.named_modules():
         if isinstance(m, BonsaiOps.Linear):
             yield name, m
-

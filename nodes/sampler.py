@@ -8,8 +8,10 @@ shift of ``Flux2Scheduler`` (diffusers ``compute_empirical_mu``), cfg 1 with a z
     + KSamplerSelect("euler") + Flux2Scheduler(steps, width, height) -> SamplerCustomAdvanced
 
 built from ComfyUI's own pieces (``comfy.samplers.CFGGuider``, ``comfy.sample.prepare_noise``,
-``comfy_extras.nodes_flux.get_schedule``, ``latent_preview``), so progress bar, previews, interrupt
-and model management behave as in the stock graph, and the latents are the same.
+``latent_preview``; previews and empty-latent resizing are optional, :mod:`.comfy_features`), so progress bar, previews, interrupt and model management behave as in the
+stock graph, and the latents are the same. The ``Flux2Scheduler`` schedule is
+:mod:`bonsai_core.flux2_schedule` (a few lines of arithmetic, checked against ComfyUI's node in the
+tests) rather than an import from ``comfy_extras``, whose helpers are not a stable API.
 """
 
 from __future__ import annotations
@@ -20,23 +22,18 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-import latent_preview
 import torch
 from comfy_api.latest import io
-from comfy_extras.nodes_flux import get_schedule
 
 import nodes as comfy_nodes
 
+from ..bonsai_core.flux2_schedule import flux2_sigmas
 from ..bonsai_core.vae import FLUX2_DOWNSCALE, FLUX2_LATENT_CHANNELS
+from . import comfy_features
 
 RECIPE_STEPS = 4
 RECIPE_SAMPLER = "euler"
 RECIPE_CFG = 1.0
-
-
-def flux2_sigmas(steps: int, width: int, height: int) -> torch.Tensor:
-    """``Flux2Scheduler(steps, width, height)``: the schedule for a ``width`` x ``height`` image."""
-    return get_schedule(steps, round(width * height / (FLUX2_DOWNSCALE * FLUX2_DOWNSCALE)))
 
 
 def zeroed(conditioning: list[Any]) -> list[Any]:
@@ -52,9 +49,10 @@ def sample_recipe(
     steps: int = RECIPE_STEPS,
 ) -> dict[str, Any]:
     """Run the recipe on ``latent`` (a LATENT dict) and return the sampled LATENT dict."""
-    samples = comfy.sample.fix_empty_latent_channels(
-        model, latent["samples"], latent.get("downscale_ratio_spacial"), latent.get("downscale_ratio_temporal")
-    )
+    samples = latent["samples"]
+    fix_channels = comfy_features.optional("comfy.sample", "fix_empty_latent_channels", "resizing an empty latent of another model")
+    if fix_channels is not None:
+        samples = fix_channels(model, samples, latent.get("downscale_ratio_spacial"), latent.get("downscale_ratio_temporal"))
     height, width = samples.shape[-2] * FLUX2_DOWNSCALE, samples.shape[-1] * FLUX2_DOWNSCALE
     sigmas = flux2_sigmas(steps, width, height)
 
@@ -65,7 +63,8 @@ def sample_recipe(
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
 
     x0_output: dict[str, Any] = {}
-    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, x0_output)
+    previews = comfy_features.optional("latent_preview", "prepare_callback", "sampling previews")
+    callback = previews(model, sigmas.shape[-1] - 1, x0_output) if previews is not None else None
     out_samples = guider.sample(
         noise,
         samples,

@@ -163,7 +163,9 @@ def test_memory_is_the_lora_weights_only(stock, bonsai_model, comfy_models, inpu
     expected = 0
     for m in layers.values():
         n, k = m.out_features, m.in_features
-        assert m.weight is None, "a packed layer grew a dense weight"
+        assert "weight" not in dict(m.named_parameters()), "a packed layer grew a weight Parameter"
+        w = m.weight  # the packed view ComfyUI's generic code reads: logical shape, packed bytes
+        assert tuple(w.shape) == (n, k) and w.nbytes == m.codes.nbytes and w._qdata is m.codes
         (br,) = m.bonsai_lora
         assert br.down.shape == (rank, k) and br.up.shape == (n, rank)
         expected += rank * (n + k) * 4  # float32 on CPU
