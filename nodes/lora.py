@@ -21,8 +21,9 @@ Memory management paths (ComfyUI v0.29.0, ``comfy/model_patcher.py``):
   appended later by ``partially_unload``, which runs no callback): :func:`resolve_lowvram_patch`
   tells ``BonsaiOps`` they are already covered by ``bonsai_lora``.
 * ``ModelPatcherDynamic`` (dynamic VRAM, CUDA only: on CPU it reroutes to ``ModelPatcher``):
-  ``get_key_weight`` finds ``weight is None`` on packed layers, so no ``weight_lowvram_function``
-  is attached and nothing is force-loaded or merged; codes/scales are buffers and move with
+  ``get_key_weight`` finds the packed view (nodes/packed_weight.py) whose shape LoRA does not
+  change, so it attaches a ``weight_lowvram_function`` that the packed forward never calls (the
+  branches cover it) and sizes the layer by its packed bytes; codes/scales are buffers and move with
   ``set_attr_buffer``; its ``load()`` ends with the same ON_LOAD callback (every ``partially_load``
   calls ``load()``, the stamp below makes repeats free).
 * switching clones: ``load_models_gpu`` detaches the previous clone with ``unpatch_all=False`` and
