@@ -26,9 +26,11 @@ SNAPSHOT_SUBFOLDERS = ("transformer-gemlite-int1", "transformer-gemlite-int2", m
 
 
 def _safetensors_kind(reader: SafetensorsReader) -> str:
-    """canonical, mlx or unpacked, from the header alone."""
+    """canonical, gemlite, mlx or unpacked, from the header alone."""
     if reader.metadata.get("bonsai_format") == CANONICAL_MARKER:
         return "canonical"
+    if any(k.endswith(".W_q") for k in reader.entries):
+        return "gemlite"  # gemlite leaves saved as safetensors (they have '.scales' too: test first)
     if any(k.endswith(".scales") for k in reader.entries):
         return "mlx"
     return "unpacked"
@@ -50,7 +52,7 @@ def _detect(path: str | os.PathLike[str]) -> tuple[str, Path, SafetensorsReader 
         if p.suffix == ".gguf":
             raise BonsaiFormatError(p, None, "named .gguf but does not start with the GGUF magic (truncated or corrupt?)")
         if magic[:2] == b"PK" or p.suffix in (".pt", ".pth"):
-            return "gemlite", p.parent, None
+            return "gemlite", p, None  # the file itself: a loose copy may have any name
         raise BonsaiFormatError(p, None, "unrecognized file (expected .safetensors, .gguf or a gemlite state_dict.pt)")
     if not p.is_dir():
         if os.path.lexists(p):

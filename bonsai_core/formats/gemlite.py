@@ -21,8 +21,23 @@ from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers
 from ..packing import PackedWeight, check_dense_values
+from ..safetensors_io import SafetensorsReader
 from ..torch_archive import load_archive
 from .affine import AffineTally, packed_from_affine, scale_form
+from .gemlite_meta import (  # noqa: F401  (PACK_DTYPES, MD_*: re-exported for callers that import them from here)
+    DTYPE_FP16,
+    DTYPE_FP32,
+    MD_BITS,
+    MD_CONTIGUOUS,
+    MD_EPS,
+    MD_GROUP,
+    MD_GROUP_MODE,
+    PACK_DTYPES,
+    W_GROUP_MODE_FMA,
+    check_layout,
+    settings_from_json,
+    settings_from_layers,
+)
 from .layout import (
     DiffusersView,
     LazyScaleDtypes,
@@ -31,7 +46,6 @@ from .layout import (
     diffusers_to_bfl,
     guess_source_repo,
     load_transformer_config,
-    quant_json_bits,
     quantization_config,
     read_json,
     release_pages,
@@ -43,12 +57,6 @@ STATE_FILE = "state_dict.pt"
 FOLDER_RE = re.compile(r"^transformer-gemlite-int(\d+)$")
 LEAVES = ("W_q", "scales", "zeros", "metadata", "orig_shape", "meta_scale", "bias")
 REQUIRED = ("W_q", "scales", "zeros", "metadata", "orig_shape")
-# element width of W_q in bits -> its dtype (gemlite set_packing_bitwidth)
-PACK_DTYPES = {8: torch.uint8, 16: torch.int16, 32: torch.int32, 64: torch.int64}
-W_GROUP_MODE_FMA = 4  # W = q * scale + zero
-# metadata slots (gemlite 0.5.1 GemLiteLinearTriton.pack)
-MD_BITS, MD_GROUP, MD_MASK, MD_EPS, MD_GROUP_MODE = 1, 2, 3, 4, 10
-DTYPE_FP32, DTYPE_FP16 = 0, 1
 # gemlite >= 0.6 stores a per-layer float32 ``meta_scale``; its kernels read it only for NVFP4
 # (scaled activations / group 16), and GemLiteLinearTriton.pack() leaves it at the 0.0 its
 # constructor registers for every other layer (checked against gemlite 0.6.0.post2). This pack's
@@ -80,27 +88,30 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> BonsaiCheckpoint:
-    """Open a gemlite pack folder (or its ``state_dict.pt``) lazily, validating every layer's layout."""
-    d = gemlite_dir(path)
-    check_expected_variant(d, variant)
-    sd_path = d / STATE_FILE
-    q_path = d / "quantization_config.json"
-    qcfg = read_json(q_path)
-    assert qcfg is not None
-    bits = quant_json_bits(q_path, qcfg)
-    m = FOLDER_RE.match(d.name)
-    if m and int(m.group(1)) != bits:
-        raise BonsaiFormatError(q_path, None, f"says bits={bits} but the folder is named {d.name}")
-    try:
-        pbw = int(qcfg.get("packing_bitwidth", 8))  # the reference loader's default
-    except (TypeError, ValueError) as e:
-        raise BonsaiFormatError(q_path, None, f"invalid packing_bitwidth: {e}") from e
-    if pbw not in PACK_DTYPES:
-        raise BonsaiFormatError(q_path, None, f"packing_bitwidth {pbw} is not one of {sorted(PACK_DTYPES)}")
-    found_variant = variant_for(q_path, bits, variant)
+def gemlite_tensors(path: Path, reader: SafetensorsReader | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a gemlite pack: a torch archive (``state_dict.pt``, memory-mapped) or a
+    safetensors file holding the same leaves (as diffusers' GemLite quantizer saves them)."""
+    if path.suffix != ".safetensors":
+        return load_state_dict(path)
+    r = reader if reader is not None else SafetensorsReader(path, mmap=True)
+    return {k: r.get(k) for k in r.keys()}
 
-    sd = load_state_dict(sd_path)
+
+def read_gemlite(
+    path: str | os.PathLike[str], variant: str | None = None, *, reader: SafetensorsReader | None = None
+) -> BonsaiCheckpoint:
+    """Open a gemlite pack lazily, validating every layer's layout: a pack folder, its
+    ``state_dict.pt`` (or a copy of it under any name, with or without the JSON side files), or a
+    safetensors file of gemlite leaves. Without ``quantization_config.json`` the bits and packing
+    width come from the layers' own ``metadata`` and ``W_q`` (see :mod:`.gemlite_meta`)."""
+    p = reader.path if reader is not None else Path(path)
+    d = gemlite_dir(p)
+    check_expected_variant(d, variant)
+    sd_path = p if p.is_file() else d / STATE_FILE
+    q_path = d / "quantization_config.json"
+    qcfg = read_json(q_path, required=False)
+
+    sd = gemlite_tensors(sd_path, reader)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     dense: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
@@ -109,6 +120,11 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
             modules.setdefault(prefix, {})[leaf] = v
         else:
             dense[k] = v
+    if qcfg is not None:
+        bits, pbw = settings_from_json(q_path, qcfg, d, FOLDER_RE)
+    else:
+        bits, pbw = settings_from_layers(sd_path, modules, q_path)
+    found_variant = variant_for(q_path if qcfg is not None else sd_path, bits, variant)
     logical: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in dense.items()}
     for mod, parts in modules.items():
         for leaf in REQUIRED:
@@ -129,9 +145,10 @@ def read_gemlite(path: str | os.PathLike[str], variant: str | None = None) -> Bo
     from .layout import validate_inventory
 
     validate_inventory(sd_path, cfg, logical, {f"{mod}.weight" for mod in modules})
-    check_quantized_fqns(q_path, qcfg, cfg)
+    if qcfg is not None:
+        check_quantized_fqns(q_path, qcfg, cfg)
     for mod, parts in modules.items():
-        _check_layout(sd_path, mod, parts, bits, pbw)
+        check_layout(sd_path, mod, parts, bits, pbw)
 
     tally = AffineTally(sd_path, len(modules))
 
@@ -198,38 +215,6 @@ def gemlite_layer(p: PackedWeight, *, gemlite_version: str = "0.5") -> dict[str,
     if gemlite_version.startswith("0.6"):
         out["meta_scale"] = torch.tensor(META_SCALE, dtype=torch.float32)
     return out
-
-
-def _check_layout(path: Path, mod: str, p: dict[str, torch.Tensor], bits: int, pbw: int) -> None:
-    """Shapes, dtypes and metadata of one layer (cheap: no weight data is read)."""
-    n, k = (int(x) for x in p["orig_shape"].tolist())
-    g = k // GROUP_SIZE
-    wq = p["W_q"]
-    if wq.dtype != PACK_DTYPES[pbw]:
-        raise BonsaiFormatError(path, f"{mod}.W_q", f"dtype {wq.dtype} does not match packing_bitwidth {pbw} ({PACK_DTYPES[pbw]})")
-    if k % GROUP_SIZE or tuple(wq.shape) != (k * bits // pbw, n):
-        raise BonsaiFormatError(
-            path, f"{mod}.W_q", f"shape {list(wq.shape)} does not match [{k} * {bits} / {pbw}, {n}] (wrong bits or variant?)"
-        )
-    for leaf in ("scales", "zeros"):
-        t = p[leaf]
-        if not t.is_floating_point() or tuple(t.shape) != (g, n):
-            raise BonsaiFormatError(
-                path, f"{mod}.{leaf}", f"{t.dtype} {list(t.shape)}, expected float [{g}, {n}] (one per 128-group: mixed group sizes?)"
-            )
-    md = p["metadata"]
-    if md.dtype not in (torch.int32, torch.int64) or md.ndim != 1 or md.numel() < 11:
-        raise BonsaiFormatError(path, f"{mod}.metadata", f"expected int32[12], found {md.dtype} {list(md.shape)}")
-    mdl = md.tolist()
-    checks = (
-        (MD_BITS, bits, "bits"),
-        (MD_GROUP, GROUP_SIZE, "group size (mixed group sizes?)"),
-        (MD_EPS, pbw // bits, "elements per packed sample"),
-        (MD_GROUP_MODE, W_GROUP_MODE_FMA, "W_group_mode (Bonsai uses 4: W = q * scale + zero)"),
-    )
-    for idx, want, what in checks:
-        if mdl[idx] != want:
-            raise BonsaiFormatError(path, f"{mod}.metadata", f"[{idx}] {what} is {mdl[idx]}, expected {want}")
 
 
 def write_gemlite(ckpt: BonsaiCheckpoint, out: str | os.PathLike[str], *, gemlite_version: str = "0.5") -> Path:

@@ -123,11 +123,14 @@ def test_gguf_wrong_shape(tiny: dict, tmp_path: Path) -> None:
 # --- missing / broken JSON -------------------------------------------------------------
 
 
-def test_gemlite_missing_quantization_config(tiny: dict, tmp_path: Path) -> None:
+def test_gemlite_missing_quantization_config_and_unreadable_metadata(tiny: dict, tmp_path: Path) -> None:
+    # without the JSON the layers' own metadata says the bits (tests/core/test_gemlite_variants.py);
+    # when a layer's metadata cannot say either, one line names the missing file
     _, pack = gemlite_copy(tiny, tmp_path)
     (pack / "quantization_config.json").unlink()
-    err = raises_format_error(pack, None, "required JSON file is missing")
-    assert err.path == str(pack / "quantization_config.json")
+    rewrite_state(pack, lambda sd: sd.__setitem__(f"{QKV}.metadata", torch.zeros(2, dtype=torch.float32)))
+    err = raises_format_error(pack, None, "is missing, and layer")
+    assert err.path == str(pack / "quantization_config.json") and "quantization_config.json next to" in str(err)
 
 
 def test_gemlite_unparsable_config(tiny: dict, tmp_path: Path) -> None:
