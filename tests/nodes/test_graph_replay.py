@@ -74,3 +74,22 @@ def test_no_tensor_state_writes_through_plain_values_only(comfyui) -> None:
     view["w"] = torch.zeros(2)
     assert real == {"weight": "w", "cfg": "n64w4", "variant": ("sm", 3)}
     assert view["weight"] == "w" and isinstance(view["prep"], tuple) and "w" in view
+
+
+def test_loader_graph_replay_installs_the_stock_compile_wrapper(comfyui) -> None:
+    """``graph_replay`` gives a non-dynamic clone with the stock node's torch.compile wrapper; ``off`` changes nothing."""
+    from comfy.patcher_extension import WrappersMP
+    from comfy_api.torch_helpers.torch_compile import COMPILE_KEY, TORCH_COMPILE_KWARGS
+
+    name, _ = comfyui.tiny_model("ternary")
+    loader = comfyui.node_class("BonsaiModelLoader")
+    inputs = {"model_name": name, "backend": "auto", "compute_dtype": "default"}
+    plain = loader.execute(**inputs).result[0]
+    assert TORCH_COMPILE_KWARGS not in plain.model_options
+    for backend in ("cudagraphs", "inductor"):
+        m = loader.execute(**inputs, graph_replay=backend).result[0]
+        assert m.model_options[TORCH_COMPILE_KWARGS]["backend"] == backend
+        assert m.get_wrappers(WrappersMP.APPLY_MODEL, COMPILE_KEY)
+    assert loader.fingerprint_inputs(name, "auto", "default", "cudagraphs") != loader.fingerprint_inputs(name, "auto", "default")
+    with pytest.raises(ValueError, match="graph_replay"):
+        comfyui.pack("nodes.graph_replay").with_graph_replay(plain, "tensorrt")
