@@ -135,7 +135,7 @@ def _merge_halves(codes: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, t
     A half that is all zeros (every code 1, or scale 0) takes the other half's scale (its codes are
     set to 1 so it stays zero at that scale); otherwise the two scales must be the same number."""
     halves = codes.view(codes.shape[0], codes.shape[1], 2, 16)
-    silent = (halves == 0x55).all(dim=-1) | (d == 0)
+    silent = ((halves == 0x55).all(dim=-1) | (d == 0)) & torch.isfinite(d)  # (q - 1) * NaN is NaN, not zero
     scale = torch.where(silent[..., 0], d[..., 1], d[..., 0])
     clash = ~silent.any(dim=-1) & (d[..., 0] != d[..., 1])
     if bool(clash.any()):
