@@ -113,7 +113,9 @@ class BonsaiOps(comfy.ops.manual_cast):
             codes = self._buffers.get("codes")
             if codes is None:
                 return self._parameters.get("weight")
-            return packed_weight.packed_view(codes, self._buffers["scales"], self.bonsai_bits, self._view_dtype())
+            return packed_weight.packed_view(
+                codes, self._buffers["scales"], self.bonsai_bits, self._view_dtype(), self._buffers.get("zeros")
+            )
 
         def _view_dtype(self) -> torch.dtype:
             dtype = self.bonsai_dtype
@@ -137,6 +139,7 @@ class BonsaiOps(comfy.ops.manual_cast):
                     )
                 self.register_buffer("codes", codes)
                 self.register_buffer("scales", scales)
+                self.register_buffer("zeros", packed_weight.view_zeros(value))
             elif tuple(value.shape) == (self.out_features, self.in_features) and not packed_weight.quantized_views():
                 pass  # without comfy-kitchen, backups are dequantized copies of these very codes
             else:

@@ -13,7 +13,8 @@ the layout registered here (:data:`LAYOUT_NAME`):
 * ``.dequantize()`` and every op without a handler go through :meth:`PackedWeight.dequantize`
   (the one formula in ``bonsai_core/packing.py``); ``F.linear`` with it runs the exact Bonsai
   matmul without a dense copy;
-* ``.state_dict(prefix)`` gives the layer's own checkpoint keys (``weight`` + ``weight_scale``);
+* ``.state_dict(prefix)`` gives the layer's own checkpoint keys (``weight`` + ``weight_scale``, and
+  ``weight_zero`` for an affine layer, whose per-group zeros ride along in the view's params);
 * in-place arithmetic on it raises: ComfyUI's merge path writes the merged weight through the
   layer's ``set_weight`` (which keeps the codes; LoRA stays unmerged), so an in-place write on the
   view would be a silent no-op on a temporary copy.
@@ -66,7 +67,7 @@ def _quant_api() -> dict[str, Any] | None:
 
 
 def _as_packed(qdata: torch.Tensor, params: Any) -> PackedWeight:
-    return PackedWeight(qdata, params.scale, params.bits)
+    return PackedWeight(qdata, params.scale, params.bits, zeros=params.zero)
 
 
 def _define_layout(api: dict[str, Any]) -> tuple[type, type]:
@@ -74,9 +75,14 @@ def _define_layout(api: dict[str, Any]) -> tuple[type, type]:
 
     @dataclasses.dataclass(frozen=True)
     class BonsaiPackedParams(base_params):  # type: ignore[misc,valid-type]
-        """``scale`` = the per-128-group scales (kept in their exact dtype); ``bits`` = 1 or 2."""
+        """``scale`` = the per-128-group scales (kept in their exact dtype); ``bits`` = 1 or 2; ``zero``
+        = an affine layer's per-group zeros (``PackedWeight.zeros``), else None."""
 
         bits: int = 1
+        zero: torch.Tensor | None = None
+
+        def _tensor_fields(self) -> list[str]:  # moved, cloned and counted with the codes
+            return ["scale"] if self.zero is None else ["scale", "zero"]
 
     class BonsaiPackedLayout(base_layout):  # type: ignore[misc,valid-type]
         """Canonical Bonsai codes (uint8 ``[N, K*bits/8]``) + group scales, as a comfy-kitchen layout."""
@@ -98,8 +104,11 @@ def _define_layout(api: dict[str, Any]) -> tuple[type, type]:
 
         @classmethod
         def state_dict_tensors(cls, qdata: torch.Tensor, params: Any) -> dict[str, torch.Tensor]:
-            # suffixes after "<layer>.weight": the layer's own checkpoint keys (weight, weight_scale)
-            return {"": qdata, "_scale": params.scale}
+            # suffixes after "<layer>.weight": the layer's own checkpoint keys (weight, weight_scale[, weight_zero])
+            out = {"": qdata, "_scale": params.scale}
+            if params.zero is not None:
+                out["_zero"] = params.zero
+            return out
 
     api["register_layout_class"](LAYOUT_NAME, BonsaiPackedLayout)
     op = api["register_layout_op"]
@@ -141,19 +150,27 @@ def is_packed_view(t: Any) -> bool:
     return _API is not None and isinstance(t, _API["QuantizedTensor"]) and getattr(t, "_layout_cls", None) == LAYOUT_NAME
 
 
-def packed_view(codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """``codes`` / ``scales`` as a logical ``[out, in]`` weight of ``dtype`` (no copy of the bytes)."""
+def packed_view(
+    codes: torch.Tensor, scales: torch.Tensor, bits: int, dtype: torch.dtype, zeros: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``codes`` / ``scales`` (/ an affine layer's ``zeros``) as a logical ``[out, in]`` weight of
+    ``dtype`` (no copy of the bytes)."""
     global _warned_fallback
-    n, k = codes.shape[0], scales.shape[1] * PackedWeight(codes, scales, bits).group_size
+    n, k = codes.shape[0], scales.shape[1] * PackedWeight(codes, scales, bits, zeros=zeros).group_size
     if _API is None:
         if not _warned_fallback:
             log.warning("comfy-kitchen is missing: packed layers' weight is dequantized on each access (slower model loads)")
             _warned_fallback = True
-        return PackedWeight(codes, scales, bits).dequantize(dtype)
-    params = _PARAMS(scale=scales, orig_dtype=dtype, orig_shape=(n, k), bits=bits)
+        return PackedWeight(codes, scales, bits, zeros=zeros).dequantize(dtype)
+    params = _PARAMS(scale=scales, orig_dtype=dtype, orig_shape=(n, k), bits=bits, zero=zeros)
     return _API["QuantizedTensor"](codes, LAYOUT_NAME, params)
 
 
 def view_tensors(t: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(codes, scales, bits) behind a view made by :func:`packed_view`."""
     return t._qdata, t._params.scale, t._params.bits
+
+
+def view_zeros(t: Any) -> torch.Tensor | None:
+    """The affine zeros behind a view made by :func:`packed_view` (None for a canonical layer)."""
+    return t._params.zero

@@ -85,5 +85,10 @@ def test_affine_pack_loads_into_the_model_exactly(comfyui, fmt):
         w = torch.cat([expected[m] for m in _diffusers_names(bfl, parts)], 0)
         x_in = torch.randn(7, w.shape[1], generator=torch.Generator().manual_seed(4)) if w.shape[1] != 256 else x
         assert torch.equal(layer(x_in), torch.nn.functional.linear(x_in, w)), bfl
+        # the weight ComfyUI's generic code sees dequantizes through the same formula, zeros included
+        view = layer.weight
+        assert torch.equal(view.dequantize().float(), w), bfl
+        assert torch.equal(torch.nn.functional.linear(x_in, view), torch.nn.functional.linear(x_in, w)), bfl
+        assert torch.equal(view.clone().dequantize().float(), w), bfl
         sd = dm.state_dict()
         assert f"{bfl}.weight_zero" in sd and sd[f"{bfl}.weight_zero"].shape == sd[f"{bfl}.weight_scale"].shape
