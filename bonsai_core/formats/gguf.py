@@ -35,6 +35,7 @@ from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, GeometryError, bfl_expected_shapes, infer_config_from_bfl_shapes
 from ..packing import PackedWeight, check_dense_values, check_values, compact_scales
+from ..tensor_bounds import check_tensor
 from . import ggml_blocks
 from .affine import require_canonical
 from .ggml_blocks import BlockLayout
@@ -172,7 +173,7 @@ def _read_open_gguf(f: Path, opened: _OpenFile, variant: str | None) -> BonsaiCh
         lay = layouts[key]
         if k % max(lay.weights, GROUP_SIZE):
             raise BonsaiFormatError(f, key, f"in_features {k} is not a multiple of the {lay.name} block ({lay.weights} weights)")
-        raw = torch.from_numpy(opened.read(tensors[key]))
+        raw = check_tensor(f, key, torch.from_numpy(opened.read(tensors[key])))
         try:
             codes, d = ggml_blocks.to_canonical(raw, lay, n, k)
         except ggml_blocks.GroupScaleMismatch as e:
@@ -186,6 +187,7 @@ def _read_open_gguf(f: Path, opened: _OpenFile, variant: str | None) -> BonsaiCh
         t = tensors[key]
         shape = d_shapes[key]
         raw_np = opened.read(t)
+        check_tensor(f, key, torch.from_numpy(raw_np))  # the one rule every reader applies
         if t.type_id == Q.Q8_0:
             if shape[-1] % 32:
                 raise BonsaiFormatError(f, key, f"Q8_0 {list(shape)}: the row length is not a multiple of 32")

@@ -213,3 +213,131 @@ def fuzz_gguf_bytes(folder: str) -> None:
             assert "\n" not in str(err)
 
     prop()
+
+
+# --- torch.save archives: tensor shape, stride, offset and storage fields (issue 18, item 5) ---
+
+PT_DTYPES = ("uint8", "float16", "float32", "int32")
+fields = st.one_of(st.integers(min_value=0, max_value=12), st.integers(min_value=-3, max_value=1 << 62), st.just(1 << 63))
+small = st.integers(min_value=0, max_value=12)
+
+
+@st.composite
+def tensor_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """One declaration: mostly plausible (sizes and strides of one length, strides 0, 1, contiguous
+    or transposed), sometimes anything at all."""
+    ndim = draw(st.integers(min_value=0, max_value=4))
+    shape = draw(st.lists(st.one_of(small, small, fields), min_size=ndim, max_size=ndim))
+    contiguous, acc = [], 1
+    for d in reversed(shape):
+        contiguous.insert(0, acc)
+        acc *= d if type(d) is int and 0 < d < 1 << 62 else 1
+    stride = draw(
+        st.one_of(
+            st.just(contiguous),
+            st.just(contiguous[::-1]),
+            st.lists(st.sampled_from([0, 1, 2, 3]), min_size=ndim, max_size=ndim),
+            st.lists(st.one_of(small, fields), min_size=ndim, max_size=ndim),
+            st.lists(fields, max_size=4),
+        )
+    )
+    return {
+        "dtype": draw(st.sampled_from(PT_DTYPES)),
+        "key": draw(st.sampled_from(["0", "1"])),  # two declarations may share one storage
+        "elements": draw(st.integers(min_value=0, max_value=64)),  # what the zip entry holds
+        "claimed": draw(st.one_of(st.none(), st.none(), fields)),  # what the storage record says it holds
+        "offset": draw(st.one_of(st.just(0), small, fields)),
+        "shape": shape,
+        "stride": stride,
+    }
+
+
+def _declared(spec: dict[str, Any], storages: dict[str, Any]) -> Any:
+    import torch
+    from harness.crafted_archives import Storage, View
+
+    dtype = getattr(torch, spec["dtype"])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    storage = storages.setdefault(spec["key"], Storage(spec["key"], b"\x3c" * spec["elements"] * itemsize, dtype))
+    if spec["claimed"] is not None:
+        storage.numel = spec["claimed"]
+    return View(storage, spec["offset"], tuple(spec["shape"]), tuple(spec["stride"]))
+
+
+def _use(obj: Any, limit: int, entries: dict[str, int]) -> None:
+    """Materialize every tensor as a reader would: none may come out larger than the file, and none
+    may see more storage than its own zip entry holds (``entries``: name -> bytes of its entry)."""
+    import torch
+
+    from bonsai_core.tensor_bounds import walk_tensors
+
+    for name, t in walk_tensors(obj):
+        assert t.untyped_storage().nbytes() <= entries[name], f"{name} sees {t.untyped_storage().nbytes()} bytes, its entry holds {entries[name]}"
+        c = t.contiguous().clone()
+        assert c.numel() * c.element_size() <= limit, f"{name}: {c.numel() * c.element_size()} bytes materialized from a {limit}-byte file"
+        if c.is_floating_point():
+            torch.isfinite(c).all()
+
+
+def fuzz_pt_tensor_fields(folder: str) -> None:
+    """Generated sizes, strides, offsets and storage records (a stride of 0, a view past its storage,
+    a record claiming more than its zip entry, shared bytes, huge and negative numbers): the only
+    outcomes are tensors whose materialized bytes the file holds, or one BonsaiFormatError."""
+    from harness.crafted_archives import write_archive
+
+    from bonsai_core.torch_archive import load_archive
+
+    path = Path(folder) / "fuzz.pt"
+
+    @SETTINGS
+    @given(specs=st.lists(tensor_fields(), min_size=1, max_size=3), mmap=st.booleans())
+    def prop(specs: list[dict[str, Any]], mmap: bool) -> None:
+        storages: dict[str, Any] = {}
+        views = {f"t{i}": _declared(s, storages) for i, s in enumerate(specs)}
+        write_archive(path, views)
+        try:
+            _use(load_archive(path, mmap=mmap), path.stat().st_size, {k: len(v.storage.data) for k, v in views.items()})
+        except BonsaiFormatError as err:
+            assert err.path == str(path), err
+            assert "\n" not in str(err)
+
+    prop()
+
+
+def fuzz_gemlite_w_q_fields(folder: str) -> None:
+    """One layer's ``W_q`` of a valid tiny gemlite pack given generated view fields over a storage of
+    generated size: the pack opens and every layer loads, or one BonsaiFormatError names the file."""
+    import torch
+    from harness.crafted_archives import Storage, View, write_archive
+
+    from bonsai_core.formats import open_checkpoint
+    from bonsai_core.formats.gemlite import load_state_dict
+    from bonsai_tools.synth import make_fixture
+
+    base = Path(folder)
+    pack = make_fixture("ternary", "tiny", "gemlite", 0, base / "snap")
+    sd_path = pack / "state_dict.pt"
+    clean = {k: v.clone() for k, v in load_state_dict(sd_path).items()}
+    mod = "transformer_blocks.0.attn.to_q"
+    k_bytes, n = clean[f"{mod}.W_q"].shape
+
+    @SETTINGS
+    @given(
+        elements=st.integers(min_value=0, max_value=2 * k_bytes * n),
+        offset=st.one_of(st.just(0), fields),
+        shape=st.one_of(st.just([k_bytes, n]), st.lists(fields, min_size=2, max_size=2)),
+        stride=st.one_of(st.just([n, 1]), st.just([1, k_bytes]), st.just([0, 0]), st.lists(fields, min_size=2, max_size=2)),
+        claimed=st.one_of(st.none(), fields),
+    )
+    def prop(elements: int, offset: int, shape: list[int], stride: list[int], claimed: int | None) -> None:
+        storage = Storage("w_q", bytes(elements), torch.uint8, claimed)
+        write_archive(sd_path, {**clean, f"{mod}.W_q": View(storage, offset, tuple(shape), tuple(stride))}, "state_dict")
+        try:
+            ckpt = open_checkpoint(pack)
+            for key in ckpt.packed_shapes:
+                ckpt.load_packed(key)
+        except BonsaiFormatError as err:
+            assert err.path.startswith(str(pack)), err
+            assert "\n" not in str(err)
+
+    prop()
