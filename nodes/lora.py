@@ -54,6 +54,7 @@ import torch
 
 from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.lowrank import LowRankBranch
+from . import comfy_features
 from .lora_factors import BonsaiLoraError, ShapeMismatch, loha_factors, lokr_factors, lora_factors
 from .ops import register_patch_resolver
 
@@ -248,9 +249,8 @@ def resolve_lowvram_patch(layer: torch.nn.Module, entry: Any) -> list[LowRankBra
     very ``load()``, so the entry resolves to nothing. Without the callback (a patcher that never got
     :func:`install_lora_support`) the entry's own patches are translated, once, and kept on the entry.
     """
-    import comfy.model_patcher
-
-    if not isinstance(entry, comfy.model_patcher.LowVramPatch):
+    low_vram_patch = comfy_features.optional("comfy.model_patcher", "LowVramPatch", "LoRA on offloaded packed layers")
+    if low_vram_patch is None or not isinstance(entry, low_vram_patch):
         return None
     if getattr(layer, _STAMP_ATTR, None) is not None:
         return []
