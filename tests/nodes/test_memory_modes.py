@@ -10,8 +10,9 @@ freed card ``partially_load``. On a CPU ``load_models_gpu`` always loads fully, 
 these calls themselves, after ComfyUI's own load, from a PREPARE_SAMPLING wrapper -- the patcher
 API and state are exactly what the GPU paths use. Dynamic VRAM (``ModelPatcherDynamic``) needs
 CUDA (comfy-aimdo); on a CPU ComfyUI reroutes it to ``ModelPatcher``, which
-``test_dynamic_patcher_reroutes_on_cpu`` pins down; the GPU bench covers it
-(``bonsai_tools/bench/memory_modes.py``).
+``test_dynamic_patcher_reroutes_on_cpu`` pins down, and ``test_newer_comfy_paths.py`` replays
+the questions its ``load`` asks of every weight. The GPU key cases (``--disable-dynamic-vram``, a
+card made small with ``--reserve-vram``, stacked LoRA) are ``test_memory_modes_gpu.py``.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def test_newer_partially_unload(env, force_patch_weights) -> None:
 
 
 def test_dynamic_setup_param_questions(env) -> None:
-    """What ModelPatcherDynamic.load asks of every weight (CPU cannot build one; the GPU bench runs it)."""
+    """What ModelPatcherDynamic.load asks of every weight (a CPU cannot build one: it needs comfy-aimdo on CUDA)."""
     import comfy.lora
     import comfy.memory_management
     from comfy.model_patcher import get_key_weight
