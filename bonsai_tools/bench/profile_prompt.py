@@ -109,7 +109,7 @@ def run_child(args: argparse.Namespace) -> int:
     nodes, execution, executor = _boot(Path(args.comfyui), Path(args.work).resolve(), [])
     record: list[tuple[str, float, float, float]] = []
     _install_node_timer(execution, record)
-    backend = args.compile_backend if args.compile_backend != "none" else None
+    backend = args.compile_backends[0] if args.compile_backends[0] != "none" else None
     rec: dict[str, Any] = {"path": path, "compile_backend": backend, "resolutions": {}}
     try:
         for res in args.resolutions:
