@@ -35,6 +35,7 @@ import folder_paths
 
 from ..bonsai_core.download.models_dir import BONSAI_FOLDER
 from ..bonsai_core.escape import escaping_logger
+from . import listings
 
 log = escaping_logger("bonsai_image.folders")
 
@@ -47,7 +48,7 @@ MAX_ENTRIES = 20_000  # directory entries looked at per root and listing; a larg
 MAX_NAME = 1024  # characters; longer names are refused before any filesystem call
 _FINGERPRINT_DEPTH = 2  # a snapshot's transformer-*/state_dict.pt is two levels below the snapshot
 _FINGERPRINT_ENTRIES = 512
-_CACHE_SIZE = 4096
+_CACHE_SIZE = 4 * MAX_ENTRIES  # every entry of a full listing stays cached (a smaller LRU re-checked them all each time)
 
 Check = Callable[[Path], str | None]
 
@@ -179,6 +180,7 @@ def walk(root: Path, max_depth: int = MAX_DEPTH, *, descend: Callable[[Entry], b
     while frontier:
         folder, prefix, depth = frontier.popleft()
         try:
+            listings.note_folder(folder, os.stat(folder).st_mtime_ns)  # a cached listing holds while this mtime does
             with os.scandir(folder) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as e:
@@ -258,9 +260,13 @@ def check(tag: str, path: Path, fn: Check) -> str | None:
     hit = _cache.get(key)
     if hit is not None and hit[0] == fp:
         _cache.move_to_end(key)
+        if hit[1] is None:
+            listings.note_accepted(path, fp)
         return hit[1]
     problem = _run_check(path, fn)
     _cache[key] = (fp, problem)
+    if problem is None:
+        listings.note_accepted(path, fp)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return problem
@@ -282,9 +288,39 @@ def is_ok(tag: str, path: Path, fn: Check) -> bool:
     return check(tag, path, fn) is None
 
 
+def _listing(name: str, kinds: Sequence[str], compute: Callable[[], Any]) -> tuple[str, Callable[[], Any]]:
+    """The key of a listing (its roots are part of it) and ``compute`` noting each root's mtime first."""
+    tops = [r for k in kinds for r in roots(k)]
+
+    def noted() -> Any:
+        for top in tops:  # folders listed by ComfyUI's own walker (diffusion_models) are noted through their root
+            try:
+                listings.note_folder(top, os.stat(top).st_mtime_ns)
+            except OSError:
+                continue
+        return compute()
+
+    return name + "|" + "|".join(str(t) for t in tops), noted
+
+
+def cached_listing(name: str, kinds: Sequence[str], compute: Callable[[], Any], empty: Any) -> Any:
+    """A dropdown listing of the roots of ``kinds`` for ``/object_info``, kept per folder by mtime (nodes/listings.py).
+
+    Loader schemas call this instead of listing on ComfyUI's event loop every time; ``empty`` answers
+    only when there is no earlier listing and the first one takes longer than a moment."""
+    key, noted = _listing(name, kinds, compute)
+    return listings.cached(key, noted, empty, fingerprint)
+
+
+def prewarm_listing(name: str, kinds: Sequence[str], compute: Callable[[], Any]) -> None:
+    """Start :func:`cached_listing`'s listing in the background when the pack loads, ready for the first call."""
+    listings.start(*_listing(name, kinds, compute))
+
+
 def forget() -> None:
-    """Drop every cached check (tests; a long-running server never needs it: fingerprints expire entries)."""
+    """Drop every cached check and listing (tests; a long-running server never needs it: fingerprints expire entries)."""
     _cache.clear()
+    listings.forget()
 
 
 register()

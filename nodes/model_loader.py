@@ -187,7 +187,7 @@ class BonsaiModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "model_name",
-                    options=list_models(),
+                    options=folders.cached_listing("models", (folders.BONSAI, "diffusion_models"), list_models, []),
                     tooltip=(
                         "A released snapshot folder in models/bonsai (ends with /), a canonical .safetensors or a Bonsai .gguf in models/bonsai. "
                         f"Empty? {folders.models_hint()}."
@@ -257,3 +257,5 @@ __all__ = [
     "open_bonsai",
     "resolve_model",
 ]
+
+folders.prewarm_listing("models", (folders.BONSAI, "diffusion_models"), list_models)

@@ -156,7 +156,7 @@ class BonsaiPipelineLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "snapshot",
-                    options=list_snapshots(),
+                    options=folders.cached_listing("snapshots", (folders.BONSAI,), list_snapshots, []),
                     tooltip=f"A release folder under models/bonsai with transformer, text encoder and vae. Empty? {folders.models_hint()}.",
                 ),
                 io.Combo.Input(
@@ -200,3 +200,5 @@ class BonsaiPipelineLoader(io.ComfyNode):
 
 
 NODES: list[type[io.ComfyNode]] = [BonsaiPipelineLoader]
+
+folders.prewarm_listing("snapshots", (folders.BONSAI,), list_snapshots)

@@ -226,20 +226,19 @@ def load_clip(te_dir: Path) -> comfy.sd.CLIP:
 def verify_tokenizer(tokenizer_dir: str) -> list[int]:
     """Check that ComfyUI's ``KleinTokenizer`` gives the folder tokenizer's ids for the Klein prompt.
 
-    The folder's chat template (one user message, generation prompt, thinking off -- what FLUX.2
-    Klein uses) is rendered when present; the ids are then compared. Returns the ids, or ``[]`` when
-    the shipped tokenizer cannot be loaded (logged: ComfyUI's tokenizer is what encodes either way).
-    A disagreement is an error: it would silently change every embedding.
+    The probe is ComfyUI's own fixed Klein template around :data:`PROBE_PROMPT` (one user message,
+    generation prompt, thinking off); the folder's tokenizer turns that text into ids, which are then
+    compared. The folder's ``chat_template`` is never rendered: encoding a prompt does not need it
+    (ComfyUI's template is what encodes), and it is Jinja from a downloaded file, which a nested loop
+    turns into a hang that ComfyUI's interrupt cannot stop. Returns the ids, or ``[]`` when the shipped
+    tokenizer cannot be loaded (logged: ComfyUI's tokenizer is what encodes either way). A disagreement
+    is an error: it would silently change every embedding.
     """
     from transformers import AutoTokenizer
 
-    messages = [{"role": "user", "content": PROBE_PROMPT}]
+    text = comfy.text_encoders.flux.KleinTokenizer().llama_template.format(PROBE_PROMPT)
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        else:
-            text = comfy.text_encoders.flux.KleinTokenizer().llama_template.format(PROBE_PROMPT)
         want = tok(text, add_special_tokens=False)["input_ids"]
     except Exception as e:  # transformers raises many types for broken tokenizer folders
         log.warning(
@@ -253,7 +252,7 @@ def verify_tokenizer(tokenizer_dir: str) -> list[int]:
         raise BonsaiFormatError(
             tokenizer_dir,
             None,
-            f"ComfyUI's Klein tokenizer disagrees with the shipped tokenizer on the chat-templated probe: {got[:24]} vs {want[:24]}",
+            f"ComfyUI's Klein tokenizer disagrees with the shipped tokenizer on the Klein-templated probe: {got[:24]} vs {want[:24]}",
         )
     return want
 
@@ -313,7 +312,7 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "text_encoder",
-                    options=list(list_te_folders()),
+                    options=folders.cached_listing("text_encoders", TE_KINDS, lambda: list(list_te_folders()), []),
                     tooltip=(
                         "models/bonsai/<repo>/text_encoder-*-4bit (or text_encoder/ of an unpacked release) or a Qwen3 folder in "
                         f"models/text_encoders. Empty? {folders.models_hint()}."
@@ -345,3 +344,5 @@ class BonsaiTextEncoderLoader(io.ComfyNode):
 
 
 NODES: list[type[io.ComfyNode]] = [BonsaiTextEncoderLoader]
+
+folders.prewarm_listing("text_encoders", TE_KINDS, lambda: list(list_te_folders()))

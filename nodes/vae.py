@@ -166,7 +166,7 @@ class BonsaiVAELoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "vae_folder",
-                    options=list_vae_folders(),
+                    options=folders.cached_listing("vaes", (folders.BONSAI,), list_vae_folders, []),
                     tooltip=f"A folder under models/bonsai holding a FLUX.2 {VAE_CONFIG_NAME} + {VAE_WEIGHTS_NAME}. Empty? {folders.models_hint()}.",
                 )
             ],
@@ -200,3 +200,5 @@ def _vae_problem(folder: Path) -> str | None:
 
 
 NODES: list[type[io.ComfyNode]] = [BonsaiVAELoader]
+
+folders.prewarm_listing("vaes", (folders.BONSAI,), list_vae_folders)

@@ -115,6 +115,7 @@ def test_a_node_whose_schema_fails_is_dropped_alone(
         raise RuntimeError("simulated listing bug")
 
     monkeypatch.setattr(te, "list_te_folders", broken)
+    comfyui.pack("nodes.folders").forget()  # no kept listing to fall back on: the schema itself fails
     pack = comfyui.pack_module
     try:
         found = {n.GET_SCHEMA().node_id for n in pack.gather_nodes()}

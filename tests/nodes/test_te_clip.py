@@ -179,10 +179,22 @@ def test_tokenizer_mismatch_is_an_error(te_node, te_pack, tiny_tes, tmp_path: Pa
 
     tok = tmp_path / "tokenizer"
     shutil.copytree(tiny_tes["hqq"] / "tokenizer", tok)
-    template = (tok / "chat_template.jinja").read_text()
-    (tok / "chat_template.jinja").write_text("{{- '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}" + template)
+    # a shipped vocabulary that numbers two of the probe's words the other way round
+    vocab = json.loads((tok / "vocab.json").read_text(encoding="utf-8"))
+    vocab["\u0120red"], vocab["\u0120fox"] = vocab["\u0120fox"], vocab["\u0120red"]
+    (tok / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     with pytest.raises(te_pack.BonsaiFormatError, match="disagrees with the shipped tokenizer"):
         te_node.verify_tokenizer(str(tok))
+
+
+def test_folder_chat_template_is_never_rendered(te_node, tiny_tes, tmp_path: Path) -> None:  # noqa: ANN001
+    """The probe uses ComfyUI's fixed Klein template: a folder template that fails when rendered changes nothing."""
+    import shutil
+
+    tok = tmp_path / "tokenizer"
+    shutil.copytree(tiny_tes["hqq"] / "tokenizer", tok)
+    (tok / "chat_template.jinja").write_text("{{ raise_exception('the folder template was rendered') }}", encoding="utf-8")
+    assert te_node.verify_tokenizer(str(tok)) == te_node.verify_tokenizer(str(tiny_tes["hqq"] / "tokenizer")) != []
 
 
 def test_unloadable_shipped_tokenizer_only_warns(te_node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
