@@ -11,11 +11,12 @@ ComfyUI versions it was checked against.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("bonsai_image.comfy_features")
+from ..bonsai_core.escape import escaping_logger
+
+log = escaping_logger("bonsai_image.comfy_features")
 
 _MISSING = object()
 _cache: dict[tuple[str, str], Any] = {}

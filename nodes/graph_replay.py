@@ -12,12 +12,13 @@ resolution changes, LoRA changes and ComfyUI unloading the model.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import comfy.model_patcher
 
-log = logging.getLogger("bonsai_image.graph_replay")
+from ..bonsai_core.escape import escaping_logger
+
+log = escaping_logger("bonsai_image.graph_replay")
 
 CHOICES = ("off", "cudagraphs", "inductor")
 

@@ -21,7 +21,6 @@ the server's platform from ``GET /bonsai_image/installed`` (:func:`register_rout
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -29,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..bonsai_core.download.partial import HUB_CACHE_PREFIX, download_command, interrupted_files, release_root, repo_of, resume_hint
+from ..bonsai_core.escape import escaping_logger
 from . import folders
 
-log = logging.getLogger("bonsai_image.installed")
+log = escaping_logger("bonsai_image.installed")
 
 MISPLACED_KINDS = ("diffusion_models", "unet", "checkpoints")  # where a copied release is seen by the stock loaders only
 _RELEASE_NAME = re.compile(r"(bonsai-image-|models--prism-ml--bonsai-image-)")

@@ -27,15 +27,15 @@ The decision between this layout and a tensor subclass of our own is recorded in
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 import torch
 
 from ..bonsai_core.dispatch import AUTO, lowbit_linear
+from ..bonsai_core.escape import escaping_logger
 from ..bonsai_core.packing import PackedWeight
 
-log = logging.getLogger("bonsai_image.packed_weight")
+log = escaping_logger("bonsai_image.packed_weight")
 
 LAYOUT_NAME = "BonsaiPackedLayout"
 

@@ -5,15 +5,15 @@ affine where it does not, and the once-per-file count of the groups that needed 
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 
 from ..errors import BonsaiFormatError
+from ..escape import escaping_logger
 from ..packing import PackedWeight, all_finite, check_values, compact_scales, exact_relation, split_affine
 
-log = logging.getLogger(__name__)
+log = escaping_logger(__name__)
 
 
 class AffineTally:
