@@ -99,11 +99,14 @@ def test_fp8_rowwise_on_gpu(bits: int, mnk: tuple[int, int, int]) -> None:
     w = _weight(n, k, bits, dev)
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     x[0] = 0  # an all-zero token must give zeros, not NaN
-    r, inv = fr.row_scales(w)
+    # oracle scales on the CPU (IEEE divisions there; torch's CUDA division by a scalar multiplies
+    # by the reciprocal, one rounding more than the launch's div.rn)
+    wc = PackedWeight(w.codes.cpu(), w.scales.cpu(), bits)
+    r, inv = fr.row_scales(wc)
     w8 = torch.empty(n, k, dtype=torch.float8_e4m3fn, device=dev)
-    assert torch.equal(fr.quantize_weight(w, w8), r)  # div.rn in the launch = torch's IEEE division
-    want = (w.dequantize(torch.float32) * inv[:, None]).to(torch.float8_e4m3fn)
-    assert torch.equal(w8.view(torch.uint8), want.view(torch.uint8))  # GPU cast is RTNE like torch's
+    assert torch.equal(fr.quantize_weight(w, w8).cpu(), r)
+    want = (wc.dequantize(torch.float32) * inv[:, None]).to(torch.float8_e4m3fn)
+    assert torch.equal(w8.view(torch.uint8).cpu(), want.view(torch.uint8))  # GPU cast is RTNE like torch's
     xq, sa = fr.prepare(w, None, x)
     # oracle on the CPU with tensor/tensor divisions: IEEE there (torch's CUDA division by a scalar
     # multiplies by its reciprocal, one rounding more than the kernel's div.rn)
