@@ -52,7 +52,8 @@ def cli_refuses(src: str, *argv: str) -> None:
 @pytest.mark.parametrize("command", ["inspect", "convert"])
 def test_a_100_kb_pack_describing_the_whole_4b_model_is_refused_in_512_mb(tmp_path: Path, command: str) -> None:
     """Every tensor one stored element repeated by strides of 0: the whole Klein 4B geometry in a
-    file of ~100 KB. Before: ``inspect`` passed and ``convert`` wrote a 15.8 GB file."""
+    file of ~100 KB. Before: ``inspect`` passed, and ``convert`` exited 0 after writing the whole 4B
+    model from it (the issue's run to a dense layout wrote 15.8 GB)."""
     root = tmp_path / "snap"
     stride0_gemlite_pack(root / PACK)
     assert (root / PACK / "state_dict.pt").stat().st_size < 200_000

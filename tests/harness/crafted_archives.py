@@ -110,6 +110,7 @@ def stride0_gemlite_pack(folder: Path, bits: int = 2, *, only: str | None = None
     folder.mkdir(parents=True)
     one_byte = Storage("one_byte", b"\x01", torch.uint8)
     one_float = Storage("one_float", torch.tensor([0.5]).numpy().tobytes(), torch.float32)
+    minus_one_float = Storage("minus_one_float", torch.tensor([-0.5]).numpy().tobytes(), torch.float32)  # ternary: zeros = -scales
     one_bf16 = Storage("one_bf16", torch.tensor([0.5], dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes(), torch.bfloat16)
 
     def repeated(storage: Storage, shape: tuple[int, ...]) -> View:
@@ -125,7 +126,7 @@ def stride0_gemlite_pack(folder: Path, bits: int = 2, *, only: str | None = None
         else:
             sd[f"{mod}.W_q"] = torch.zeros(wq_shape, dtype=PACK_DTYPES[8])
         sd[f"{mod}.scales"] = repeated(one_float, s_shape) if only is None else torch.ones(s_shape)
-        sd[f"{mod}.zeros"] = repeated(one_float, s_shape) if only is None else -torch.ones(s_shape)
+        sd[f"{mod}.zeros"] = repeated(minus_one_float, s_shape) if only is None else -torch.ones(s_shape)
         sd[f"{mod}.metadata"] = torch.tensor([0, bits, GROUP_SIZE, (1 << bits) - 1, 8 // bits, 1, 1, 0, 0, 0, W_GROUP_MODE_FMA, 1], dtype=torch.int32)
         sd[f"{mod}.orig_shape"] = torch.tensor([n, k], dtype=torch.int32)
     write_archive(folder / "state_dict.pt", sd, "state_dict")
