@@ -13,6 +13,11 @@ arrives:
 * dense (the 9 edge layers, kept dense so ComfyUI's model detection works): an ordinary
   ``weight`` Parameter, and ``forward`` is stock ``manual_cast`` (casting, lowvram, LoRA patches).
 
+A packed layer's ``weight`` is never None: it is a view of ``codes``/``scales`` as ComfyUI's own
+quantized-weight type (:mod:`.packed_weight`), with the logical ``[out, in]`` shape, so generic
+ComfyUI code (shape checks, casts, backups, offload estimates) can read it; the view is not a
+Parameter, so ComfyUI's merge loops never re-quantize it, and ``set_weight`` keeps the codes.
+
 ``_save_to_state_dict`` emits the packed tensors under ``<prefix>weight`` / ``<prefix>weight_scale``,
 so ``ModelPatcher.model_size()`` counts packed bytes and LoRA key maps (built from
 ``model.state_dict()`` keys) find every ``<layer>.weight``.

@@ -36,7 +36,11 @@ def test_loads_packed_stock_model(comfyui, loader_mod, variant):
     bits = 1 if variant == "binary" else 2
     # tiny: 1 double block (8 linears) + 2 single blocks (2 each); the 9 edge linears stay dense
     assert len(packed) == 12 and len(layers) == 21
-    assert all(m.bonsai_bits == bits and m.codes.dtype == torch.uint8 and m.weight is None for m in packed.values())
+    assert all(m.bonsai_bits == bits and m.codes.dtype == torch.uint8 for m in packed.values())
+    # no dense weight Parameter; ``weight`` is the packed view with the logical shape (nodes/packed_weight.py)
+    assert all(
+        "weight" not in dict(m.named_parameters()) and tuple(m.weight.shape) == (m.out_features, m.in_features) for m in packed.values()
+    )
 
     sd = dm.state_dict()
     for n, m in packed.items():
@@ -216,7 +220,13 @@ def test_names_outside_the_models_folders_are_refused(comfyui, loader_mod, tmp_p
     fixtures.make_fixture("binary", "tiny", "gemlite", 0, outside)
     canonical, _ = comfyui.tiny_model("binary")
     rel_up = "/".join([".."] * len(comfyui.models_dir.joinpath("bonsai").parts)) + str(outside)
-    for name in ("../x.safetensors", f"../{canonical}", str(comfyui.models_dir / "diffusion_models" / canonical), f"{outside}/", f"{rel_up}/"):
+    for name in (
+        "../x.safetensors",
+        f"../{canonical}",
+        str(comfyui.models_dir / "diffusion_models" / canonical),
+        f"{outside}/",
+        f"{rel_up}/",
+    ):
         result = comfyui.run(recipe(bonsai_loader(name)))
         assert not result.valid, name
         errors = json.dumps(result.node_errors)
