@@ -10,8 +10,11 @@ Promises (tested in ``tests/core/test_atomic.py``):
 * A temporary left by a process that died without cleaning up (SIGKILL, power loss) is
   removed by the next write to the same target. The temporary's name carries the writer's
   PID, so a concurrent writer's live temporary is never touched.
-* An ``OSError`` while writing (read-only folder, full disk) becomes one :class:`OutputPathError`
-  naming the target.
+* A write below folders that do not exist yet writes the topmost of them under a temporary name
+  and renames it at the end, so an interrupted write leaves no new (empty or half) folder behind.
+* The disk refusing a write (full, quota, file too large, I/O error, read-only, permission), as an
+  ``OSError`` from any writer or torch.save's stream-writer error, becomes one
+  :class:`OutputPathError` line naming the target.
 """
 
 from __future__ import annotations
@@ -103,18 +106,65 @@ def _remove_temporary(tmp: Path) -> None:
             tmp.unlink()
 
 
+# errnos that mean "the disk refused the write": one OutputPathError line, whichever writer met them
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM})
+# Writers that lose the errno: torch.save's C++ stream writer ("file write failed", or "unexpected pos"
+# when a short write went unnoticed) and numpy's tofile ("65536 requested and 63072 written").
+_SHORT_WRITE_MARKERS = ("file write failed", "PytorchStreamWriter failed", "unexpected pos", "requested and")
+_NEARLY_FULL = 1 << 20  # bytes free below which an errno-less short write is taken as a full disk
+
+
+def disk_error(error: BaseException, where: Path | None = None) -> str | None:
+    """Why the disk refused a write, when ``error`` or an exception it came from says so; else None.
+
+    An errno-less short write (see ``_SHORT_WRITE_MARKERS``) is named "No space left on device" when
+    the filesystem holding ``where`` is (nearly) full, else by the writer's own message."""
+    seen: set[int] = set()
+    cur: BaseException | None = error
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _DISK_ERRNOS:
+            return cur.strerror or os.strerror(cur.errno)
+        if isinstance(cur, (RuntimeError, OSError)) and any(m in str(cur) for m in _SHORT_WRITE_MARKERS):
+            if where is not None and _free_bytes(where) < _NEARLY_FULL:
+                return os.strerror(errno.ENOSPC)
+            return f"short write ({str(cur).strip().splitlines()[-1][:200]})"
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _free_bytes(where: Path) -> int:
+    for p in (where, *where.parents):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(p).free
+    return 1 << 62
+
+
+def _topmost_missing(folder: Path) -> Path | None:
+    """The highest folder on the way to ``folder`` that does not exist yet (None when ``folder`` exists)."""
+    top = None
+    while not os.path.lexists(folder) and folder.parent != folder:
+        top, folder = folder, folder.parent
+    return top
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary path next to ``target``; on success rename it to ``target``.
 
     The caller creates a file or a folder at the yielded path. A folder output needs ``target``
     to be absent (a folder is never replaced); a file output may replace a regular file.
+
+    When folders on the way to ``target`` do not exist yet, the topmost of them is what is written
+    under a temporary name and renamed at the end: an interrupted write leaves no new folder behind
+    (which would make the same command refuse its own output the next time).
     """
     target = check_output_path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputPathError(target, f"cannot create the output folder: {e.strerror or e}") from e
+    top = _topmost_missing(target.parent)
+    if top is not None:
+        with _atomic_new_folder(target, top) as tmp:
+            yield tmp
+        return
     remove_stale_partials(target)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=_PARTIAL, dir=target.parent)
@@ -124,17 +174,53 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     tmp.unlink()
     try:
-        try:
+        with _named_disk_errors(target):
             yield tmp
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
-                raise OutputPathError(target, f"writing failed: {e.strerror or e}") from e
-            raise
         if not tmp.exists():
             raise OutputPathError(target, "the writer produced nothing (internal error)")
         _commit(tmp, target)
     except BaseException:
         _remove_temporary(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _named_disk_errors(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        reason = disk_error(e, target.parent)
+        if reason is None or isinstance(e, BonsaiFormatError):
+            raise
+        raise OutputPathError(target, f"writing failed: {reason}") from e
+
+
+@contextlib.contextmanager
+def _atomic_new_folder(target: Path, top: Path) -> Iterator[Path]:
+    """:func:`atomic_path` for a target below folders that do not exist: ``top`` is written as a temporary."""
+    remove_stale_partials(top)
+    try:
+        tmp_top = Path(tempfile.mkdtemp(prefix=f".{top.name}.{os.getpid()}.", suffix=_PARTIAL, dir=top.parent))
+    except OSError as e:
+        raise OutputPathError(target, f"cannot create the output folder: {e.strerror or e}") from e
+    try:
+        tmp = tmp_top / target.relative_to(top)
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputPathError(target, f"cannot create the output folder: {e.strerror or e}") from e
+        with _named_disk_errors(target):
+            yield tmp
+        if not tmp.exists():
+            raise OutputPathError(target, "the writer produced nothing (internal error)")
+        if os.path.lexists(top):
+            raise OutputPathError(top, "appeared while the output was written; a new folder is never written over an existing path")
+        try:
+            os.rename(tmp_top, top)
+        except OSError as e:
+            raise OutputPathError(target, f"cannot move the finished folder into place: {e.strerror or e}") from e
+    except BaseException:
+        shutil.rmtree(tmp_top, ignore_errors=True)
         raise
 
 
