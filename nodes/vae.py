@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import comfy.sd
-import comfy.utils
 from comfy_api.latest import io
 
 from ..bonsai_core.bounded import read_json_object
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.escape import escaping_logger
-from ..bonsai_core.safetensors_io import read_header
+from ..bonsai_core.packing import check_dense_values
+from ..bonsai_core.safetensors_io import SafetensorsReader, read_header
 from ..bonsai_core.vae import (
     FLUX2_DOWNSCALE,
     FLUX2_LATENT_CHANNELS,
@@ -103,13 +103,15 @@ def read_vae_config(vae_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def check_vae_weights(weights: Path) -> None:
-    """Check the safetensors header against the FLUX.2 VAE layout; one error names the first bad tensor.
+def check_vae_weights(weights: Path, entries: dict[str, dict[str, Any]] | None = None) -> None:
+    """Check the safetensors header (``entries``, or read from ``weights``) against the FLUX.2 VAE
+    layout; one error names the first bad tensor.
 
     ComfyUI fixes the encoder width and infers only the decoder width (from ``decoder.conv_in.weight``),
     so every other shape follows from that one tensor.
     """
-    entries, _meta = read_header(weights)
+    if entries is None:
+        entries, _meta = read_header(weights)
     conv_in = entries.get("decoder.conv_in.weight")
     if conv_in is None:
         raise BonsaiFormatError(weights, "decoder.conv_in.weight", "tensor is missing: not a diffusers FLUX.2 VAE")
@@ -136,8 +138,12 @@ def load_flux2_vae(vae_dir: str | os.PathLike[str]) -> comfy.sd.VAE:
     weights = vae_dir / VAE_WEIGHTS_NAME
     if not weights.is_file():
         raise BonsaiFormatError(weights, None, "file not found")
-    check_vae_weights(weights)
-    sd, metadata = comfy.utils.load_torch_file(str(weights), return_metadata=True)
+    # One open: the header checked is the file read; every weight is finite or refused by name
+    # (a NaN in the decoder would otherwise render a black image with "success").
+    with SafetensorsReader(weights, mmap=True) as reader:
+        check_vae_weights(weights, reader.entries)
+        sd = {key: check_dense_values(reader.get(key), weights, key) for key in reader.keys()}
+        metadata = dict(reader.metadata) or None  # what ComfyUI's loader passes: None without metadata
     vae = comfy.sd.VAE(sd=sd, metadata=metadata)
     vae.throw_exception_if_invalid()
     if vae.latent_channels != FLUX2_LATENT_CHANNELS or vae.downscale_ratio != FLUX2_DOWNSCALE:

@@ -42,3 +42,23 @@ def test_nan_in_the_bf16_text_encoder_is_refused_naming_shard_and_tensor(comfyui
         te_node.load_clip(te_dir)
     assert type(ei.value).__name__ == "BonsaiFormatError", repr(ei.value)
     assert ei.value.path == str(shard) and ei.value.tensor == key and "finite" in str(ei.value), str(ei.value)
+
+
+def test_nan_in_the_vae_is_refused_naming_file_and_tensor(comfyui: Any, module_models: Path) -> None:
+    """The VAE's dense weights are value-checked like every other weight (and read from the file whose
+    header was checked). Before: a NaN decoder weight loaded and rendered a black image."""
+    synth = comfyui.pack("bonsai_tools.synth")
+    vae_dir = synth.make_vae_fixture("tiny", 5, module_models / "bonsai" / "nan-vae" / "vae")
+    weights = vae_dir / "diffusion_pytorch_model.safetensors"
+    key = "decoder.conv_out.weight"
+    raw = bytearray(weights.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    entry = json.loads(raw[8 : 8 + n])[key]
+    start = 8 + n + entry["data_offsets"][0]
+    nan = torch.tensor([float("nan")], dtype=getattr(torch, {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[entry["dtype"]]))
+    raw[start : start + nan.element_size()] = nan.view(torch.uint8).numpy().tobytes()
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ValueError) as ei:
+        comfyui.pack("nodes.vae").load_flux2_vae(vae_dir)
+    assert type(ei.value).__name__ == "BonsaiFormatError", repr(ei.value)
+    assert ei.value.path == str(weights) and ei.value.tensor == key and "finite" in str(ei.value), str(ei.value)
