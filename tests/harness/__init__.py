@@ -9,6 +9,7 @@
 - :mod:`harness.status`        the ComfyUI status file ``.ci/run`` prints (ran or skipped, version, outcomes)
 - :mod:`harness.server`        a ``main.py --cpu`` server subprocess, as a user starts it
 - :mod:`harness.graphs`        API-graph builders for the pack's nodes; :mod:`harness.workflows` the shipped workflows
+- :mod:`harness.crafted_archives` ``torch.save`` archives with any tensor fields (stride 0, short storages), for core and node tests
 
 Nothing of ComfyUI is replaced: the pack is loaded by ComfyUI's own custom-node loader and prompts go
 through ``execution.validate_prompt`` and ``execution.PromptExecutor`` as the server runs them.
