@@ -24,8 +24,8 @@ from bonsai_tools.synth import make_te_fixture
 
 pytestmark = pytest.mark.comfyui
 
-# 10^12 iterations of output: hours of CPU and unbounded memory if rendered
-BOMB = "{% for a in range(1000000) %}{% for b in range(1000000) %}{{ a }}{{ b }}{% endfor %}{% endfor %}"
+# 10^10 iterations (Jinja's sandbox allows ranges up to 100,000): hours of CPU and gigabytes if rendered
+BOMB = "{% for a in range(99999) %}{% for b in range(99999) %}{{ a }}{{ b }}{% endfor %}{% endfor %}"
 LABEL = "bonsai/hostile-template-te"
 
 
