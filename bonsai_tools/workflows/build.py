@@ -46,15 +46,19 @@ EDIT2_PROMPT = "place the object from image 1 into the scene of image 2, matchin
 # layout
 # ---------------------------------------------------------------------------
 # The frontend fits a template's whole graph into the window at 75 % of the window
-# (``fitToBounds``) and draws nodes as blank boxes below ~0.57 zoom (8 px minimum font at 14 px
-# text). Columns are packed so a text-to-image graph is ~1710 x 850 canvas units: fitted at ~0.84
-# in a 1920x1080 window. The note is the first thing at the top left, the loaders right under it,
-# and ``VIEW`` is the view restored when the file itself is opened (drag and drop, Open): the note
-# and the loaders at 100 % zoom.
-C1, C2, C3, C4 = 0, 470, 960, 1330  # note + loaders | prompt | sampling | sample, decode, save
+# (``fitToBounds``) and draws nodes as blank boxes below ~0.6 zoom (its low-detail threshold).
+# Laptops still ship 1366x768 screens, so every graph fits ~1510 x 850 canvas units: fitted at
+# ~0.65 there and ~0.9 at 1920x1080. Text to image uses four columns; the edit graphs put the
+# reference blocks in a second row under the first three columns' short top row. The note is the
+# first thing at the top left, the loaders right under it, and ``VIEW`` is the view restored when the
+# file itself is opened (drag and drop, Open): the whole graph at 80 % in a 1366x768 window.
+C1, C2, C3, C4 = 0, 430, 840, 1170  # note + loaders | prompt | sampling | sample, decode, save
+COL = 300  # width of the sampling and output columns
 LOADER_Y = 390  # below the note (0..340)
-NOTE_SIZE = (420.0, 340.0)
-VIEW_OFFSET, VIEW_SCALE = (80.0, 110.0), 1.0  # clear of the left sidebar and the top bar
+NOTE_SIZE = (400.0, 340.0)
+ROW2_Y = 570  # edit graphs: the reference blocks, under the loader, prompt and sampling columns
+BLOCK_W = 770  # one reference block: image | scale + encode | two ReferenceLatents
+VIEW_OFFSET, VIEW_SCALE = (80.0, 90.0), 0.8  # clear of the left sidebar and the top bar
 
 
 # ---------------------------------------------------------------------------
@@ -68,7 +72,7 @@ def _loaders_pipeline(snapshot: str, variant: str) -> tuple[list, tuple, tuple, 
         "BonsaiPipelineLoader",
         {"snapshot": snapshot, "backend": "auto", "compute_dtype": "default"},
         pos=(C1, LOADER_Y),
-        size=(420, 130),
+        size=(400, 130),
         models=content.model_entries(variant),
     )
     return [n], (1, 0), (1, 1), (1, 2)
@@ -79,16 +83,16 @@ def _loaders_separate(canonical: str, te: str, vae_folder: str) -> tuple[list, t
         wg.Node(
             1,
             "BonsaiModelLoader",
-            {"model_name": canonical, "backend": "auto", "compute_dtype": "default"},
+            {"model_name": canonical, "backend": "auto", "compute_dtype": "default", "graph_replay": "off"},
             pos=(C1, LOADER_Y),
-            size=(420, 110),
+            size=(400, 110),
         ),
         wg.Node(
             2,
             "BonsaiTextEncoderLoader",
             {"text_encoder": te},
             pos=(C1, LOADER_Y + 160),
-            size=(420, 60),
+            size=(400, 60),
             models=content.model_entries("ternary", ("text_encoder",)),
         ),
         wg.Node(
@@ -96,7 +100,7 @@ def _loaders_separate(canonical: str, te: str, vae_folder: str) -> tuple[list, t
             "BonsaiVAELoader",
             {"vae_folder": vae_folder},
             pos=(C1, LOADER_Y + 270),
-            size=(420, 60),
+            size=(400, 60),
             models=content.model_entries("ternary", ("vae",)),
         ),
     ]
@@ -104,49 +108,55 @@ def _loaders_separate(canonical: str, te: str, vae_folder: str) -> tuple[list, t
 
 
 def _sampling(model, positive, negative, width, height, seed: int, size_from: tuple | None = None) -> list:
-    """CFGGuider(cfg 1) + euler + Flux2Scheduler(4 steps) + RandomNoise + EmptyFlux2LatentImage -> SamplerCustomAdvanced."""
-    sched = wg.Node(20, "Flux2Scheduler", {"steps": 4, "width": width, "height": height}, pos=(C3, 490), size=(320, 130))
-    latent = wg.Node(21, "EmptyFlux2LatentImage", {"width": width, "height": height, "batch_size": 1}, pos=(C3, 680), size=(320, 130))
-    if size_from is not None:  # edit graphs take the output size from the (scaled) reference image
+    """CFGGuider(cfg 1) + euler + Flux2Scheduler(4 steps) + RandomNoise + EmptyFlux2LatentImage -> SamplerCustomAdvanced.
+
+    Edit graphs (``size_from``) link width and height, so scheduler and latent are short: the column
+    ends above the reference row, the latent under the prompt column."""
+    if size_from is None:
+        sched = wg.Node(20, "Flux2Scheduler", {"steps": 4, "width": width, "height": height}, pos=(C3, 490), size=(COL, 130))
+        latent = wg.Node(21, "EmptyFlux2LatentImage", {"width": width, "height": height, "batch_size": 1}, pos=(C3, 680), size=(COL, 130))
+    else:  # edit graphs take the output size from the (scaled) reference image
+        sched = wg.Node(20, "Flux2Scheduler", {"steps": 4, "width": width, "height": height}, pos=(C3, 400), size=(COL, 80))
+        latent = wg.Node(21, "EmptyFlux2LatentImage", {"width": width, "height": height, "batch_size": 1}, pos=(C2, 440), size=(380, 80))
         for n in (sched, latent):
             n.links["width"] = (size_from[0], 0)
             n.links["height"] = (size_from[0], 1)
     return [
         wg.Node(
-            22, "CFGGuider", {"cfg": 1.0}, {"model": model, "positive": positive, "negative": negative}, pos=(C3, 160), size=(320, 130)
+            22, "CFGGuider", {"cfg": 1.0}, {"model": model, "positive": positive, "negative": negative}, pos=(C3, 150), size=(COL, 110)
         ),
-        wg.Node(23, "KSamplerSelect", {"sampler_name": "euler"}, pos=(C3, 350), size=(320, 80)),
+        wg.Node(23, "KSamplerSelect", {"sampler_name": "euler"}, pos=(C3, 300), size=(COL, 70)),
         sched,
         latent,
         # randomize: a second Run makes a new image (the API twins keep the fixed seed the tests compare)
-        wg.Node(24, "RandomNoise", {"noise_seed": seed}, pos=(C3, 0), size=(320, 100), control="randomize"),
+        wg.Node(24, "RandomNoise", {"noise_seed": seed}, pos=(C3, 0), size=(COL, 100), control="randomize"),
         wg.Node(
             25,
             "SamplerCustomAdvanced",
             {},
             {"noise": (24, 0), "guider": (22, 0), "sampler": (23, 0), "sigmas": (20, 0), "latent_image": (21, 0)},
             pos=(C4, 0),
-            size=(320, 160),
+            size=(COL, 160),
         ),
     ]
 
 
 def _text(clip, prompt: str) -> list:
     return [
-        wg.Node(10, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(C2, 0), size=(420, 200), title="Prompt"),
+        wg.Node(10, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(C2, 0), size=(380, 200), title="Prompt"),
         wg.Node(
             11,
             "ConditioningZeroOut",
             {},
             {"conditioning": (10, 0)},
             pos=(C2, 250),
-            size=(420, 50),
+            size=(380, 50),
             title="Negative (zeroed, distilled model)",
         ),
     ]
 
 
-def _decode_save(vae, prefix: str, tiled: bool) -> list:
+def _decode_save(vae, prefix: str, tiled: bool, save_h: int = 400) -> list:
     if tiled:
         dec = wg.Node(
             30,
@@ -154,13 +164,13 @@ def _decode_save(vae, prefix: str, tiled: bool) -> list:
             {"tile_size": 512, "overlap": 64, "temporal_size": 64, "temporal_overlap": 8},
             {"samples": (25, 0), "vae": vae},
             pos=(C4, 220),
-            size=(320, 160),
+            size=(COL, 160),
         )
         save_y = 440
     else:
-        dec = wg.Node(30, "VAEDecode", {}, {"samples": (25, 0), "vae": vae}, pos=(C4, 220), size=(320, 50))
-        save_y = 330
-    return [dec, wg.Node(31, "SaveImage", {"filename_prefix": prefix}, {"images": (30, 0)}, pos=(C4, save_y), size=(380, 400))]
+        dec = wg.Node(30, "VAEDecode", {}, {"samples": (25, 0), "vae": vae}, pos=(C4, 220), size=(COL, 50))
+        save_y = 310
+    return [dec, wg.Node(31, "SaveImage", {"filename_prefix": prefix}, {"images": (30, 0)}, pos=(C4, save_y), size=(COL, save_h))]
 
 
 def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False, preset: bool = False) -> Callable:
@@ -174,7 +184,7 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
             nodes, model, clip, vae = _loaders_pipeline(snapshot, variant)
         if preset:
             # The recipe node builds the zeroed negative, scheduler, noise and latent itself.
-            nodes.append(wg.Node(10, "CLIPTextEncode", {"text": T2I_PROMPT}, {"clip": clip}, pos=(C2, 0), size=(420, 200), title="Prompt"))
+            nodes.append(wg.Node(10, "CLIPTextEncode", {"text": T2I_PROMPT}, {"clip": clip}, pos=(C2, 0), size=(380, 200), title="Prompt"))
             nodes.append(
                 wg.Node(
                     25,
@@ -182,7 +192,7 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
                     {"seed": 42, "width": size, "height": size, "batch_size": 1, "steps": 4},
                     {"model": model, "positive": (10, 0)},
                     pos=(C3, 0),
-                    size=(320, 220),
+                    size=(COL, 220),
                     control="randomize",
                 )
             )
@@ -197,9 +207,8 @@ def t2i(variant: str, size: int, *, tiled: bool = False, separate: bool = False,
 
 
 def edit(refs: int) -> Callable:
-    # Reference blocks: LoadImage | scale + encode | the two ReferenceLatents. Block 1 sits under the
-    # loader and the prompt, block 2 under the sampling columns.
-    blocks = [(C1, 600), (C3, 880)]
+    # Reference blocks in the second row: LoadImage | scale + encode | the two ReferenceLatents.
+    blocks = [(C1 + i * BLOCK_W, ROW2_Y) for i in range(2)]
 
     def build():
         nodes, model, clip, vae = _loaders_pipeline(TERNARY_SNAPSHOT, "ternary")
@@ -209,23 +218,23 @@ def edit(refs: int) -> Callable:
             load, scale, enc, rp, rn = 40 + 5 * i, 41 + 5 * i, 42 + 5 * i, 43 + 5 * i, 44 + 5 * i
             x, y = blocks[i]
             nodes += [
-                wg.Node(load, "LoadImage", {"image": EDIT_INPUTS[i]}, pos=(x, y), size=(340, 340), title=f"Reference image {i + 1}"),
+                wg.Node(load, "LoadImage", {"image": EDIT_INPUTS[i]}, pos=(x, y), size=(240, 250), title=f"Reference image {i + 1}"),
                 # 1 MP, sides a multiple of 16 (the FLUX.2 latent step), as the stock Klein edit template.
                 wg.Node(
                     scale,
                     "ImageScaleToTotalPixels",
                     {"upscale_method": "nearest-exact", "megapixels": 1.0, "resolution_steps": 16},
                     {"image": (load, 0)},
-                    pos=(x + 380, y),
-                    size=(280, 130),
+                    pos=(x + 260, y),
+                    size=(250, 110),
                 ),
-                wg.Node(enc, "VAEEncode", {}, {"pixels": (scale, 0), "vae": vae}, pos=(x + 380, y + 180), size=(280, 60)),
+                wg.Node(enc, "VAEEncode", {}, {"pixels": (scale, 0), "vae": vae}, pos=(x + 260, y + 150), size=(250, 60)),
                 wg.Node(
                     rp,
                     "ReferenceLatent",
                     {},
                     {"conditioning": pos, "latent": (enc, 0)},
-                    pos=(x + 700, y),
+                    pos=(x + 530, y),
                     size=(210, 60),
                     title=f"Reference {i + 1} (positive)",
                 ),
@@ -234,18 +243,16 @@ def edit(refs: int) -> Callable:
                     "ReferenceLatent",
                     {},
                     {"conditioning": neg, "latent": (enc, 0)},
-                    pos=(x + 700, y + 110),
+                    pos=(x + 530, y + 100),
                     size=(210, 60),
                     title=f"Reference {i + 1} (negative)",
                 ),
             ]
             pos, neg = (rp, 0), (rn, 0)
-        x, y = blocks[0]
-        nodes.append(
-            wg.Node(39, "GetImageSize", {}, {"image": (41, 0)}, pos=(x + 380, y + 290), size=(280, 80), title="Output size = reference 1")
-        )
+        nodes.append(wg.Node(39, "GetImageSize", {}, {"image": (41, 0)}, pos=(C2, 340), size=(380, 60), title="Output size = reference 1"))
         nodes += _sampling(model, pos, neg, 1024, 1024, seed=42, size_from=(39,))
-        nodes += _decode_save(vae, f"bonsai/edit-{refs}ref", tiled=False)
+        # the output column ends above the second reference block (x from BLOCK_W on)
+        nodes += _decode_save(vae, f"bonsai/edit-{refs}ref", tiled=False, save_h=400 if refs == 1 else 230)
         return nodes, f"image edit, {refs} reference image{'s' if refs > 1 else ''}"
 
     return build

@@ -38,7 +38,7 @@ def build() -> tuple[list, str]:
             {"lora_name": LORAS[0], "strength_model": 1.0},
             {"model": model},
             pos=(bw.C1, y),
-            size=(420, 82),
+            size=(400, 82),
             title="LoRA 1 (placeholder name: pick yours)",
         ),
         wg.Node(
@@ -47,7 +47,7 @@ def build() -> tuple[list, str]:
             {"lora_name": LORAS[1], "strength_model": 0.6},
             {"model": (5, 0)},
             pos=(bw.C1, y + 130),
-            size=(420, 82),
+            size=(400, 82),
             title="LoRA 2 (placeholder name: pick yours)",
         ),
     ]

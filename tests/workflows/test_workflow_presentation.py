@@ -27,6 +27,8 @@ UI_FILES = we.ui_workflows()
 LOADERS = {"BonsaiPipelineLoader", "BonsaiModelLoader", "BonsaiTextEncoderLoader", "BonsaiVAELoader", "LoraLoaderModelOnly"}
 TITLE_HEIGHT = 30  # LiteGraph's node title bar, drawn above a node's pos
 SCREEN = (1920, 1080)
+SCREENS = [(1920, 1080), (1366, 768)]  # a desktop and the smallest laptop screen still sold
+FIT_ZOOM_1366 = 0.65  # the template fit at 1366x768 keeps this margin above the 0.6 low-detail threshold
 CHROME = (56, 36)  # the frontend's left icon bar and top tab bar
 MIN_ZOOM = 0.6  # below ~0.57 the frontend draws nodes as blank boxes
 FIT_MARGIN = 0.75  # the template browser fits the graph into 75 % of the window
@@ -86,8 +88,9 @@ def test_note_on_top_says_what_to_get_and_how(path: Path) -> None:
     assert re.search(r"python custom_nodes/[\w.-]+/bonsai\.py download (ternary|binary)", text), f"{path.stem}: no CLI command in the note"
 
 
+@pytest.mark.parametrize("screen", SCREENS, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("path", UI_FILES, ids=_ids(UI_FILES))
-def test_stored_view_shows_note_and_loaders(path: Path) -> None:
+def test_stored_view_shows_note_and_loaders(path: Path, screen: tuple[int, int]) -> None:
     ui = we.load_json(path)
     ds = ui["extra"]["ds"]
     scale, (ox, oy) = ds["scale"], ds["offset"]
@@ -97,18 +100,35 @@ def test_stored_view_shows_note_and_loaders(path: Path) -> None:
     for n in shown:
         x0, y0, x1, y1 = _box(n)
         sx0, sy0, sx1, sy1 = (x0 + ox) * scale, (y0 + oy) * scale, (x1 + ox) * scale, (y1 + oy) * scale
-        assert sx0 >= CHROME[0] and sy0 >= CHROME[1] and sx1 <= SCREEN[0] and sy1 <= SCREEN[1], (
-            f"{path.stem}: {n.get('title', n['type'])} #{n['id']} opens at screen ({sx0:.0f},{sy0:.0f})-({sx1:.0f},{sy1:.0f})"
+        assert sx0 >= CHROME[0] and sy0 >= CHROME[1] and sx1 <= screen[0] and sy1 <= screen[1], (
+            f"{path.stem}: {n.get('title', n['type'])} #{n['id']} opens at screen ({sx0:.0f},{sy0:.0f})-({sx1:.0f},{sy1:.0f}) of {screen}"
         )
 
 
+@pytest.mark.parametrize("screen", SCREENS, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("path", UI_FILES, ids=_ids(UI_FILES))
-def test_template_fit_stays_readable(path: Path) -> None:
+def test_template_fit_stays_readable(path: Path, screen: tuple[int, int]) -> None:
     boxes = [_box(n) for n in we.load_json(path)["nodes"]]
     width = max(b[2] for b in boxes) - min(b[0] for b in boxes)
     height = max(b[3] for b in boxes) - min(b[1] for b in boxes)
-    fit = FIT_MARGIN * min(SCREEN[0] / width, SCREEN[1] / height)
-    assert fit >= MIN_ZOOM, f"{path.stem}: the graph spans {width:.0f}x{height:.0f}; the template browser would fit it at {fit:.2f}"
+    fit = FIT_MARGIN * min(screen[0] / width, screen[1] / height)
+    least = FIT_ZOOM_1366 if screen == (1366, 768) else MIN_ZOOM
+    assert fit >= least, f"{path.stem}: the graph spans {width:.0f}x{height:.0f}; the template browser would fit it at {fit:.2f} in {screen}"
+
+
+def test_card_titles_wrap_inside_the_card() -> None:
+    """The card's title is drawn in lines that fit its width (the tiled-decode title ran off the card)."""
+    from PIL import Image, ImageDraw
+
+    from bonsai_tools.workflows import build, cards
+
+    draw = ImageDraw.Draw(Image.new("RGB", (512, 512)))
+    _big, mid, _small = cards.card_fonts()
+    for stem, (builder, _variant) in build.WORKFLOWS.items():
+        _nodes, title = builder()
+        lines = cards.wrap(draw, title, mid)
+        assert " ".join(lines) == title, (stem, lines)
+        assert all(draw.textlength(line, font=mid) <= cards.TEXT_WIDTH for line in lines), (stem, lines)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=_ids(UI_FILES))
