@@ -49,37 +49,25 @@ def model_entries(variant: str, components: tuple[str, ...] = ("transformer", "t
 
 
 def note(title: str, variant: str, *, canonical: bool = False, edit: bool = False, lora: bool = False) -> str:
-    """The Markdown note at the top of a workflow: what it needs, how to get it, how to run it."""
+    """The Markdown note at the top of a workflow: what it needs, how to get it, how to run it.
+
+    Short: the pack's notice script draws these notes at 12 px (the frontend's 10 px is ~6 px at the
+    zoom a 1366x768 window fits a template at), and the note keeps its 400 x 340 box."""
     repo = gemlite_repo(variant)
     lines = [
         f"## Bonsai Image 4B — {title}",
         "",
-        f"**Needs** `models/bonsai/{repo}/` (Hugging Face [{OWNER}/{repo}]({HUB}/{OWNER}/{repo}), about "
-        f"{'4.5' if variant == 'ternary' else '4.0'} GB). A loader showing a name that is not in its list means "
-        "the folder is not there yet.",
+        f"**Needs** `models/bonsai/{repo}/` ([{OWNER}/{repo}]({HUB}/{OWNER}/{repo}), "
+        f"{'4.5' if variant == 'ternary' else '4.0'} GB).",
         "",
-        f"**Get it**: add the **{DOWNLOAD_NODE}** node (double-click the canvas and type *Bonsai Download*), "
-        f"choose `{variant}`, press Run. Or in a shell, with ComfyUI's Python: "
-        f"`{CLI.format(variant=variant)}`. Then press **R** to refresh the lists.",
+        f"**Get it**: the **{DOWNLOAD_NODE}** node (choose `{variant}`, Run), or with ComfyUI's Python "
+        f"`{CLI.format(variant=variant)}`. Then press **R**.",
     ]
     if canonical:
-        lines += [
-            "",
-            f"This graph uses the three separate loaders. The model loader reads the single-file model "
-            f"`bonsai-image-{variant}-4B.safetensors`: add `--to-canonical` to the command above to write it "
-            f"next to the release in `models/bonsai/`.",
-        ]
+        lines += ["", f"The model loader reads `bonsai-image-{variant}-4B.safetensors`: add `--to-canonical` to the command."]
     if edit:
-        lines += ["", "Upload your own pictures in the **Reference image** nodes; the output takes the size of reference 1."]
+        lines += ["", "Upload your pictures in the **Reference image** nodes; the output takes reference 1's size."]
     if lora:
-        lines += [
-            "",
-            "The two LoRA names are **placeholders**: put your FLUX.2 Klein 4B LoRA files in `models/loras/` "
-            "and pick them in the LoRA nodes (or bypass a node with Ctrl+B).",
-        ]
-    lines += [
-        "",
-        "Recipe: 4 steps, cfg 1, euler, Flux2Scheduler (distilled model). "
-        "On a Mac, download with release `mlx` and pick the `-mlx-` folder in the loader.",
-    ]
+        lines += ["", "The LoRA names are **placeholders**: put your LoRAs in `models/loras/` and pick them (or bypass: Ctrl+B)."]
+    lines += ["", "4 steps, cfg 1, euler (distilled). On a Mac: release `mlx`, then pick the `-mlx-` folder."]
     return "\n".join(lines)

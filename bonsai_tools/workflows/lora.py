@@ -20,11 +20,8 @@ TITLE = "ternary text to image 1024x1024 + 2 LoRAs"
 LORAS = ("placeholder_style_lora.safetensors", "placeholder_detail_lora.safetensors")
 
 LORA_NOTE = (
-    "### LoRA\n\n"
-    "Stock **LoraLoaderModelOnly** nodes work on the Bonsai MODEL with any FLUX.2 Klein 4B LoRA "
-    "(BFL, diffusers or kohya keys). The LoRA is *not* merged into the binary/ternary weights "
-    "(that would destroy it): it runs as a side branch, `y = Wq·x + strength·(alpha/rank)·B(A·x)`. "
-    "Chain loaders to stack several, each with its own strength; changing a strength does not reload the model."
+    "Any FLUX.2 Klein 4B LoRA (BFL, diffusers or kohya keys) runs unmerged beside the packed weights; "
+    "chain loaders to stack several. A new strength does not reload the model."
 )
 
 
