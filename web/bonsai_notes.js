@@ -4,10 +4,11 @@
 // zoom, so note text would be ~7 px. Its inline code is blue on a translucent blue, which on the
 // note colour of the "Nodes 2.0" view (Vue nodes) is close to unreadable. Only the pack's own notes
 // change: every one links its release on Hugging Face (huggingface.co/prism-ml/bonsai-image-...), which
-// is what the selectors match (both views render the note with the same editor, .tiptap).
+// is what the selectors match (the classic canvas renders the note in .tiptap, Nodes 2.0 in
+// .comfy-markdown-content).
 import { app } from "../../scripts/app.js";
 
-const BONSAI_NOTE = '.tiptap:has(a[href*="huggingface.co/prism-ml/bonsai-image-"])';
+const BONSAI_NOTE = ':is(.tiptap, .comfy-markdown-content):has(a[href*="huggingface.co/prism-ml/bonsai-image-"])';
 const CSS = `
 ${BONSAI_NOTE} { font-size: 12px; line-height: 1.35; }
 ${BONSAI_NOTE} h2 { font-size: 15px; }

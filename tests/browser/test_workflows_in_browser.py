@@ -133,7 +133,8 @@ def assert_note_and_loaders_in_view(state: dict[str, Any], stem: str) -> dict[st
 
 
 NOTE_TEXT_JS = """() => {
-  const body = [...document.querySelectorAll('.tiptap')].find((e) => e.querySelector('a[href*="prism-ml/bonsai-image-"]'));
+  const bodies = document.querySelectorAll('.tiptap, .comfy-markdown-content');  // classic canvas, Nodes 2.0
+  const body = [...bodies].find((e) => e.querySelector('a[href*="prism-ml/bonsai-image-"]'));
   if (!body) return null;
   const p = body.querySelector('p');
   const r = p.getBoundingClientRect();
