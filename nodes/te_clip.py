@@ -33,6 +33,7 @@ import torch
 from ..bonsai_core.errors import BonsaiFormatError
 from ..bonsai_core.te_formats import FORMULA, TEWeights, dequantize_4bit, head_dim, rope_theta
 from ..kernels import triton_dequant4
+from . import comfy_features
 
 MODEL_NAME = "qwen3_4b"  # the name klein_te gives its clip model; model_options keys derive from it
 _OFFSET_KEYS = {"hqq": "weight_zeros", "mlx": "weight_biases"}
@@ -96,7 +97,7 @@ class Packed4BitLinear(_PackedState):
         self._take_packed(state_dict, prefix, missing_keys, self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        comfy.ops.run_every_op()  # interrupt check, as stock ops do
+        comfy_features.interrupt_check()()  # as stock ops do (comfy.ops.run_every_op, when this ComfyUI has it)
         codes, scales, offsets = self._packed(x.device)
         if triton_dequant4.available(x.device) and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
             # one launch instead of ~8 torch ops and 4 temporaries per linear (same bits)
