@@ -155,3 +155,11 @@ def test_pipeline_given_a_canonical_file_points_to_load_model(comfyui: Any, tree
         assert queue_error(comfyui, "BonsaiModelLoader", "bonsai-image-ternary-4B.safetensors") == ""
     finally:
         (tree / "bonsai" / "bonsai-image-ternary-4B.safetensors").unlink()
+
+
+def test_download_node_tooltips_name_each_releases_bits(comfyui: Any) -> None:
+    inputs = comfyui.node_class("BonsaiDownloadModel").GET_NODE_INFO_V1()["input"]["required"]
+    assert inputs["variant"][1]["tooltip"] == "ternary = 2-bit, binary = 1-bit"
+    release, te = inputs["release"][1]["tooltip"], inputs["text_encoder"][1]["tooltip"]
+    assert "unpacked: bf16" in release and "bf16 in unpacked" in te, (release, te)
+    assert not te.startswith("also download the 4-bit"), te  # the unpacked release's text encoder is bf16
