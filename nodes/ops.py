@@ -203,6 +203,7 @@ class BonsaiOps(comfy.ops.manual_cast):
             unexpected_keys: list[str],
             error_msgs: list[str],
         ) -> None:
+            comfy_features.interrupt_check()()  # ComfyUI's /interrupt stops a model load between layers
             wkey, skey, bkey, zkey = prefix + "weight", prefix + SCALE_LEAF, prefix + "bias", prefix + ZERO_LEAF
             self.bonsai_key = prefix[:-1] if prefix.endswith(".") else prefix
             for k in state_dict:

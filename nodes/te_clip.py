@@ -49,6 +49,7 @@ class _PackedState(torch.nn.Module):
     layout: str | None = None
 
     def _take_packed(self, state_dict: dict[str, Any], prefix: str, missing_keys: list[str], rows: int, cols: int) -> None:
+        comfy.ops.run_every_op()  # ComfyUI's /interrupt stops a text-encoder load between layers
         offset_key = next((k for k in _KEYS_LAYOUT if prefix + k in state_dict), None)
         if prefix + "weight_codes" not in state_dict or prefix + "weight_scales" not in state_dict or offset_key is None:
             missing_keys.append(prefix + "weight_codes")
