@@ -78,7 +78,7 @@ def _prep_kernel_src(
             smax = tl.maximum(tl.max(tl.maximum(tl.abs(zall), top), axis=1), 1e-12)
         else:
             smax = tl.maximum(tl.max(tl.abs(sall.to(tl.float32)), axis=1), 1e-12)
-        winv = tl.math.div_rn(448.0, smax)  # IEEE, as torch's 448 / smax in row_scales
+        winv = tl.math.div_rn(448.0, smax)  # IEEE, as row_scales' tensor division
         if g == 0:
             tl.store(r_ptr + rows, tl.math.div_rn(smax, 448.0), mask=rmask)  # the GEMM's per-row weight scale
         sc = tl.load(scales_ptr + rows * scales_stride + g, mask=rmask, other=0).to(tl.float32)
@@ -115,7 +115,10 @@ def row_scales(weight: PackedLinearWeight) -> tuple[torch.Tensor, torch.Tensor]:
     """``(r, inv)``, fp32 ``[N]``: ``r = max |W[n]| / 448`` (the GEMM's weight scale) and ``448 / max |W[n]|``
     (``max |W[n]|`` is the largest group scale of a canonical row; an affine row's largest ``|q * scale + zero|``)."""
     smax = weight.max_abs().amax(dim=1).clamp_min(_TINY)
-    return smax / FP8_MAX, FP8_MAX / smax
+    # tensor / tensor: an IEEE division on every device, as the launch's div.rn (``448 / t`` is
+    # ``t.reciprocal() * 448`` in torch, and CUDA divides by a scalar through its reciprocal)
+    c = torch.full_like(smax, FP8_MAX)
+    return smax / c, c / smax
 
 
 def prepare(

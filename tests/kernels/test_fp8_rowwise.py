@@ -81,6 +81,19 @@ def test_fp8_rowwise_is_registered_and_inexact() -> None:
     assert FP8RowwiseBackend.exact is False and FP8RowwiseResidentBackend.exact is False
 
 
+def test_row_scales_are_ieee_divisions() -> None:
+    """The oracle's row scales are correctly rounded quotients (what the launch's div.rn computes;
+    ``448 / t`` in torch is ``t.reciprocal() * 448``, one rounding more, which broke the GPU byte check)."""
+    from bonsai_image.kernels import fp8_rowwise as fr
+
+    g = torch.Generator().manual_seed(11)
+    codes = pack_codes(torch.randint(0, 3, (512, 256), generator=g, dtype=torch.uint8), 2)
+    w = PackedWeight(codes, (torch.rand(512, 2, generator=g) * 0.02 + 2e-3).half(), 2)
+    r, inv = fr.row_scales(w)
+    smax = w.scales.double().abs().amax(1)
+    assert torch.equal(r, (smax / 448.0).float()) and torch.equal(inv, (448.0 / smax).float())
+
+
 def _weight(n: int, k: int, bits: int, dev: torch.device) -> PackedWeight:
     q = torch.randint(0, 2 if bits == 1 else 3, (n, k), dtype=torch.uint8, device=dev)
     # scales spread over a decade within a row, as trained scales are

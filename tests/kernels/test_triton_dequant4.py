@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def check(device: str) -> None:
     from bonsai_core.te_formats import FORMULA, dequantize_4bit
-    from kernels import triton_dequant4 as td4
+    from bonsai_tools.pack_import import isolate_pack
+
+    isolate_pack()  # the pack's kernels/ as bonsai_image.kernels (also in the interpreter's subprocess)
+    from bonsai_image.kernels import triton_dequant4 as td4
 
     g = torch.Generator().manual_seed(7)
     for layout in ("hqq", "mlx"):
