@@ -49,14 +49,15 @@ def test_custom_op_keeps_no_tensor(comfyui, monkeypatch, backend: str) -> None:
         td.SCRATCH.clear()
         layer._drop_state()
         op = torch.ops.bonsai_image.lowbit_linear
-        y_op = op(x, layer.codes, layer.scales, layer.bonsai_bits, backend, layer.bonsai_uid)
+        args = (layer.codes, layer.scales, layer.bonsai_bits, backend, layer.bonsai_uid, layer.zeros)  # as ops.py calls it
+        y_op = op(x, *args)
         assert td.SCRATCH.nbytes() == 0, "the op grew the shared scratch"
         assert not _tensors(layer.bonsai_state), f"the op kept tensors in the layer state: {list(layer.bonsai_state)}"
         # eager keeps what it likes (outside any graph pool) and gives the same bits
-        y_eager = lowbit_op.packed_linear(x, layer.codes, layer.scales, layer.bonsai_bits, backend, layer.bonsai_uid)
+        y_eager = lowbit_op.packed_linear(x, *args)
         assert torch.equal(y_op, y_eager)
         kept = _tensors(layer.bonsai_state)
-        y_again = op(x, layer.codes, layer.scales, layer.bonsai_bits, backend, layer.bonsai_uid)
+        y_again = op(x, *args)
         assert torch.equal(y_again, y_eager) and _tensors(layer.bonsai_state) == kept
     finally:
         td.SCRATCH.clear()
