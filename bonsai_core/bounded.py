@@ -171,3 +171,19 @@ def plain_file_name(index: Path, name: object, key: str | None = None) -> str:
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or ":" in name:
         raise BonsaiFormatError(index, key, f"shard name {str(name)[:80]!r} is not a plain file name next to the index")
     return name
+
+
+def read_shard_index(index: Path, max_shards: int) -> dict[str, str]:
+    """A safetensors shard index (``*.index.json``): tensor name -> shard file name, read bounded and
+    strict, every value a plain file name next to the index, at most ``max_shards`` distinct shards."""
+    idx = read_json_object(index)
+    assert idx is not None
+    weight_map = idx.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise BonsaiFormatError(index, "weight_map", "the shard index has no 'weight_map' object")
+    # every value a plain file name first (a list or a path is one error, never a TypeError)
+    placed = {key: plain_file_name(index, name, key) for key, name in weight_map.items()}
+    if len(set(placed.values())) > max_shards:
+        raise BonsaiFormatError(index, "weight_map", f"lists more than {max_shards} shard files")
+    return placed
+

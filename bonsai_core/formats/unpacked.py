@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
-from ..bounded import plain_file_name
+from ..bounded import read_shard_index
 from ..checkpoint import BonsaiCheckpoint, BonsaiMeta
 from ..errors import BonsaiFormatError
 from ..klein import GROUP_SIZE, bfl_quantized_layers, diffusers_quantized_linears
@@ -30,7 +30,6 @@ from .layout import (
     diffusers_to_bfl,
     guess_source_repo,
     load_transformer_config,
-    read_json,
     validate_inventory,
     variant_for,
     write_json,
@@ -49,15 +48,7 @@ class _Shards:
     def __init__(self, path: Path, reader: SafetensorsReader | None = None) -> None:
         self.readers: dict[str, SafetensorsReader] = {}
         if path.name.endswith(".index.json"):
-            idx = read_json(path)
-            assert idx is not None
-            wm = idx.get("weight_map")
-            if not isinstance(wm, dict):
-                raise BonsaiFormatError(path, None, "no 'weight_map' in the shard index")
-            # every value a plain file name first (a list or a path is one error, never a TypeError)
-            wm = {key: plain_file_name(path, shard, key) for key, shard in wm.items()}
-            if len(set(wm.values())) > MAX_SHARDS:
-                raise BonsaiFormatError(path, "weight_map", f"lists more than {MAX_SHARDS} shard files")
+            wm = read_shard_index(path, MAX_SHARDS)
             opened: dict[str, SafetensorsReader] = {}
             for key, shard in wm.items():
                 if shard not in opened:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..bounded import plain_file_name, read_json_object
+from ..bounded import read_shard_index
 from ..errors import BonsaiFormatError
 from ..packing import check_dense_values
 from ..safetensors_io import SafetensorsReader
@@ -39,15 +39,7 @@ def _index(folder: Path) -> dict[str, str] | None:
     index = folder / INDEX
     if not index.is_file():
         return None
-    idx = read_json_object(index)
-    assert idx is not None
-    weight_map = idx.get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise BonsaiFormatError(index, "weight_map", "the shard index has no weight_map object")
-    out = {key: plain_file_name(index, name, key) for key, name in weight_map.items()}
-    if len(set(out.values())) > MAX_SHARDS:
-        raise BonsaiFormatError(index, "weight_map", f"lists more than {MAX_SHARDS} shard files")
-    return out
+    return read_shard_index(index, MAX_SHARDS)
 
 
 def _shard_files(folder: Path, index: dict[str, str] | None) -> list[Path]:

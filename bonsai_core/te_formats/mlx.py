@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..bounded import plain_file_name, read_json_object
+from ..bounded import read_shard_index
 from ..errors import BonsaiFormatError
 from ..packing import check_dense_values
 from ..safetensors_io import SafetensorsReader
@@ -34,15 +34,8 @@ def _mlx_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
     if single.is_file():
         return [single], None
     if index.is_file():
-        idx = read_json_object(index)
-        assert idx is not None
-        weight_map = idx.get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise BonsaiFormatError(index, "weight_map", "corrupt safetensors index: no 'weight_map' object")
-        placed = {k: plain_file_name(index, f, k) for k, f in weight_map.items()}
+        placed = read_shard_index(index, MAX_SHARDS)
         shards = sorted(set(placed.values()))
-        if len(shards) > MAX_SHARDS:
-            raise BonsaiFormatError(index, "weight_map", f"lists more than {MAX_SHARDS} shard files")
         return [folder / f for f in shards], placed
     raise BonsaiFormatError(single, None, "file not found")
 
